@@ -1,0 +1,107 @@
+package tether
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+var (
+	// ErrInvalidOption is wrapped by the error Dial returns when an option's
+	// value is out of range. The message names the option.
+	ErrInvalidOption = errors.New("tether: invalid option")
+
+	// ErrInvalidURL is wrapped by the error Dial returns for an empty,
+	// malformed or unsupported URL.
+	ErrInvalidURL = errors.New("tether: invalid URL")
+
+	// ErrHeartbeatTimeout is the cause recorded when a link's pong did not come
+	// within the heartbeat timeout and the link was replaced.
+	ErrHeartbeatTimeout = errors.New("tether: heartbeat timeout")
+
+	// ErrQueueFull is returned by Write while reconnecting when the send queue
+	// has no room and the queue policy is QueueFailFast.
+	ErrQueueFull = errors.New("tether: send queue full")
+
+	// ErrMessageTooLarge is returned by Write while reconnecting when a
+	// message is larger than the whole send queue.
+	ErrMessageTooLarge = errors.New("tether: message larger than the send queue")
+
+	// ErrGaveUp is wrapped by the error that ends a Conn when the retry policy
+	// stops (a retry limit, or a backoff that returned backoff.Stop).
+	ErrGaveUp = errors.New("tether: gave up reconnecting")
+
+	// ErrSessionLost reports that a session could not be resumed and messages
+	// may have been lost in between.
+	ErrSessionLost = errors.New("tether: session lost")
+)
+
+// HandshakeError reports a WebSocket handshake that the server answered with
+// something other than 101 Switching Protocols.
+type HandshakeError struct {
+	// StatusCode is the HTTP status of the answer.
+	StatusCode int
+	// RetryAfter is the server's Retry-After delay, or zero.
+	RetryAfter time.Duration
+	// Err is the error the dial returned.
+	Err error
+}
+
+func (e *HandshakeError) Error() string {
+	s := "tether: handshake answered " + strconv.Itoa(e.StatusCode) + " " + http.StatusText(e.StatusCode)
+	if e.RetryAfter > 0 {
+		s += " (retry after " + e.RetryAfter.String() + ")"
+	}
+	return s
+}
+
+// Unwrap returns the dial error.
+func (e *HandshakeError) Unwrap() error { return e.Err }
+
+// GiveUpError ends a Conn whose retry policy stopped. It wraps ErrGaveUp and
+// the last attempt's error.
+type GiveUpError struct {
+	// Attempts is the number of connection attempts made in this outage.
+	Attempts int
+	// Err is the last attempt's error.
+	Err error
+}
+
+func (e *GiveUpError) Error() string {
+	return fmt.Sprintf("tether: gave up after %d attempts: %v", e.Attempts, e.Err)
+}
+
+// Unwrap returns ErrGaveUp and the last cause, for errors.Is and errors.As.
+func (e *GiveUpError) Unwrap() []error { return []error{ErrGaveUp, e.Err} }
+
+// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		if s < 0 {
+			return 0
+		}
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// errHandshakeTimeout marks an attempt whose handshake did not finish in time.
+var errHandshakeTimeout = errors.New("handshake timed out")
+
+// hookError is the failure of a user hook (WithHeader, WithOnConnect) during
+// an attempt.
+type hookError struct {
+	hook string
+	err  error
+}
+
+func (e *hookError) Error() string { return "tether: " + e.hook + ": " + e.err.Error() }
+func (e *hookError) Unwrap() error { return e.err }

@@ -1,0 +1,70 @@
+package tether
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// link is one transport connection under a Conn's supervisor. A
+// *websocket.Conn is one; a session or polling transport is another.
+type link interface {
+	Read(ctx context.Context) (websocket.MessageType, []byte, error)
+	Write(ctx context.Context, typ websocket.MessageType, p []byte) error
+	Ping(ctx context.Context) error
+	Close(code websocket.StatusCode, reason string) error
+	CloseNow() error
+}
+
+// liveLink is a link while the supervisor holds it: its failure signal, the
+// goroutines working on it, and when it last showed life.
+type liveLink struct {
+	link
+	transport Transport
+
+	// ctx ends when the link is retired; pings derive from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// dead is closed, once, when anyone sees the link fail; err says why.
+	dead     chan struct{}
+	deadOnce sync.Once
+	err      error
+
+	// wg counts the goroutines working on this link (background reader,
+	// pings). The supervisor waits for them before the next link is used.
+	wg sync.WaitGroup
+
+	lastRecv atomic.Int64 // unix nanoseconds of the last inbound message or pong
+}
+
+func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
+	ll := &liveLink{link: l, transport: t, dead: make(chan struct{})}
+	ll.ctx, ll.cancel = context.WithCancel(parent)
+	ll.touch()
+	return ll
+}
+
+// fail records the first error seen on the link and wakes the supervisor.
+func (l *liveLink) fail(err error) {
+	l.deadOnce.Do(func() {
+		l.err = err
+		close(l.dead)
+	})
+}
+
+func (l *liveLink) failed() bool {
+	select {
+	case <-l.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *liveLink) touch() { l.lastRecv.Store(time.Now().UnixNano()) }
+
+func (l *liveLink) lastSeen() time.Time { return time.Unix(0, l.lastRecv.Load()) }

@@ -1,0 +1,286 @@
+package tether
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Reading a live link must never stop: coder/websocket answers pings and close
+// frames, and delivers pongs, only inside a Read. But handing every message
+// from a reader goroutine to the caller costs a goroutine wake-up per message.
+// So a Read whose ctx cannot be cancelled reads the link on the caller's own
+// goroutine, and a background reader takes over only when nobody has called
+// Read for a little while (the watchdog), or when a Read needs to honour a
+// cancellable ctx: the caller's ctx must bound the call but never reach
+// coder/websocket, which closes a link whose Read ctx ends.
+
+type message struct {
+	typ websocket.MessageType
+	p   []byte
+	err error
+}
+
+type reader struct {
+	mu      sync.Mutex
+	link    *liveLink     // the link to read; nil while there is none
+	up      chan struct{} // closed when link is set, renewed when it is cleared
+	final   error         // set when the Conn has ended
+	pending message       // a message read while nobody was waiting
+	hasPend bool
+
+	inRead bool // a Read call is in progress
+	direct bool // a Read call is reading the link on its own goroutine
+	bg     bool // the background reader is running
+
+	waiting     bool         // a Read waits on handoff for the background reader
+	waitDirect  bool         // ... and wants to read directly afterwards
+	handoff     chan message // capacity 1: at most one waiting Read
+	readsDone   uint64       // finished Read calls, for the watchdog
+	seenByWatch uint64
+	armed       bool
+	watchdog    *time.Timer
+	idleAfter   time.Duration
+}
+
+// readerIdle is how long the link may go unread after a Read returns before
+// the background reader takes over.
+func readerIdle(hb time.Duration) time.Duration {
+	d := hb / 10
+	if d <= 0 || d > 50*time.Millisecond {
+		d = 50 * time.Millisecond
+	}
+	if d < time.Millisecond {
+		d = time.Millisecond
+	}
+	return d
+}
+
+// Read reads the next data message. It rides through reconnects and returns
+// an error only when the Conn is closed for good, or when ctx ends. Ending ctx
+// never harms the link, and a message that arrives after ctx ended is kept
+// for the next Read.
+func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	select {
+	case c.readSem <- struct{}{}:
+	default:
+		select {
+		case c.readSem <- struct{}{}:
+		case <-ctx.Done():
+			return 0, nil, fmt.Errorf("tether: read: %w", ctx.Err())
+		}
+	}
+	m := c.read(ctx)
+	<-c.readSem
+	if m.err != nil {
+		return 0, nil, m.err
+	}
+	c.stats.msgsIn.Add(1)
+	c.stats.bytesIn.Add(uint64(len(m.p)))
+	return m.typ, m.p, nil
+}
+
+func (c *Conn) read(ctx context.Context) message {
+	r := &c.rd
+	cancellable := ctx.Done() != nil
+	r.mu.Lock()
+	r.inRead = true
+	for {
+		if r.hasPend {
+			m := r.pending
+			r.pending, r.hasPend = message{}, false
+			return r.leave(m)
+		}
+		if r.final != nil {
+			return r.leave(message{err: r.final})
+		}
+		l := r.link
+		if l == nil {
+			up := r.up
+			r.mu.Unlock()
+			select {
+			case <-up:
+			case <-ctx.Done():
+				r.mu.Lock()
+				return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
+			}
+			r.mu.Lock()
+			continue
+		}
+		if r.bg || cancellable {
+			if !r.bg {
+				c.startBackgroundReader(l)
+			}
+			m, ok := r.await(ctx, !cancellable)
+			if ok {
+				return r.leave(m)
+			}
+			continue // the link failed; wait for the next
+		}
+
+		r.direct = true
+		r.mu.Unlock()
+		typ, p, err := l.Read(context.Background())
+		r.mu.Lock()
+		r.direct = false
+		if err == nil {
+			l.touch()
+			return r.leave(message{typ: typ, p: p})
+		}
+		r.clearLinkLocked(l)
+		r.mu.Unlock()
+		l.fail(err)
+		r.mu.Lock()
+	}
+}
+
+// await waits, with r.mu held on entry and exit, for the background reader's
+// next message. ok is false when the link failed instead.
+func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
+	r.waiting, r.waitDirect = true, thenDirect
+	r.mu.Unlock()
+	var m message
+	select {
+	case m = <-r.handoff:
+	case <-ctx.Done():
+		r.mu.Lock()
+		if r.waiting {
+			r.waiting = false
+			return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}, true
+		}
+		// The reader handed a message over as ctx ended: keep it.
+		m = <-r.handoff
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	if m.err != nil {
+		return message{}, false
+	}
+	return m, true
+}
+
+// leave ends a Read call; r.mu is held on entry and released.
+func (r *reader) leave(m message) message {
+	r.inRead = false
+	r.readsDone++
+	if !r.armed && r.link != nil && !r.bg {
+		r.armed = true
+		r.seenByWatch = r.readsDone
+		r.watchdog.Reset(r.idleAfter)
+	}
+	r.mu.Unlock()
+	return m
+}
+
+// watch runs from the watchdog timer: when nobody has read the link for a
+// while, the background reader takes over.
+func (c *Conn) watch() {
+	r := &c.rd
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.armed = false
+	if r.inRead || r.bg || r.direct || r.hasPend || r.link == nil || r.final != nil {
+		return
+	}
+	if r.readsDone != r.seenByWatch {
+		// Reads are still coming: look again later.
+		r.armed = true
+		r.seenByWatch = r.readsDone
+		r.watchdog.Reset(r.idleAfter)
+		return
+	}
+	c.startBackgroundReader(r.link)
+}
+
+// startBackgroundReader starts reading l on a goroutine of its own; r.mu is
+// held.
+func (c *Conn) startBackgroundReader(l *liveLink) {
+	c.rd.bg = true
+	l.wg.Add(1)
+	go c.backgroundRead(l)
+}
+
+func (c *Conn) backgroundRead(l *liveLink) {
+	defer l.wg.Done()
+	r := &c.rd
+	for {
+		typ, p, err := l.Read(context.Background())
+		r.mu.Lock()
+		if err != nil {
+			r.bg = false
+			r.clearLinkLocked(l)
+			if r.waiting {
+				r.waiting = false
+				r.handoff <- message{err: err}
+			}
+			r.mu.Unlock()
+			l.fail(err)
+			return
+		}
+		l.touch()
+		m := message{typ: typ, p: p}
+		if r.waiting {
+			r.waiting = false
+			r.handoff <- m
+			if r.waitDirect {
+				// The caller reads on its own goroutine from now on.
+				r.bg = false
+				r.mu.Unlock()
+				return
+			}
+			r.mu.Unlock()
+			continue
+		}
+		// Nobody is reading: keep the message and stop reading until a Read
+		// takes it, so a slow application pushes back on the sender.
+		r.pending, r.hasPend = m, true
+		r.bg = false
+		r.mu.Unlock()
+		return
+	}
+}
+
+// stalled reports whether the link is unread because the application has not
+// taken a message yet. The heartbeat does not judge such a link.
+func (r *reader) stalled() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hasPend && !r.bg && !r.direct
+}
+
+// setLink makes l the link to read and makes sure someone reads it.
+func (c *Conn) setReadLink(l *liveLink) {
+	r := &c.rd
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.link = l
+	close(r.up)
+	if !r.inRead && !r.hasPend {
+		c.startBackgroundReader(l)
+	}
+}
+
+// clearLinkLocked stops Reads from using l; r.mu is held.
+func (r *reader) clearLinkLocked(l *liveLink) {
+	if r.link == l {
+		r.link = nil
+		r.up = make(chan struct{})
+	}
+}
+
+// end makes every Read, after any message already received, return err.
+func (r *reader) end(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.final = err
+	r.link = nil
+	r.watchdog.Stop()
+	select {
+	case <-r.up:
+	default:
+		close(r.up)
+	}
+}

@@ -1,0 +1,203 @@
+package tether
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Write writes a message. On a live link it writes straight through on the
+// caller's goroutine. While the Conn is reconnecting the message is copied
+// into the send queue and goes out, in order, after the next connect; when the
+// queue is full, the queue policy decides (see WithQueuePolicy).
+//
+// ctx bounds waiting for a link or for queue room; it never reaches the link,
+// so a short ctx cannot make the link look dead. A Write that fails on a dying
+// link is queued for the next one. After the Conn is closed, Write fails.
+func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	if done := ctx.Done(); done != nil {
+		select {
+		case <-done:
+			return fmt.Errorf("tether: write: %w", ctx.Err())
+		default:
+		}
+	}
+	if l := c.live.Load(); l != nil {
+		if err := l.Write(context.Background(), typ, p); err == nil {
+			c.stats.msgsOut.Add(1)
+			c.stats.bytesOut.Add(uint64(len(p)))
+			return nil
+		} else {
+			l.fail(err)
+		}
+	}
+	return c.writeSlow(ctx, typ, p)
+}
+
+type onConnectKey struct{}
+
+// writeSlow handles a Write while there is no live link to write to.
+func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	// Writes made inside the OnConnect hook go straight to the new link.
+	if l, ok := ctx.Value(onConnectKey{}).(*liveLink); ok && !l.failed() {
+		if err := l.Write(context.Background(), typ, p); err != nil {
+			l.fail(err)
+			return fmt.Errorf("tether: write during OnConnect: %w", err)
+		}
+		c.stats.msgsOut.Add(1)
+		c.stats.bytesOut.Add(uint64(len(p)))
+		return nil
+	}
+	for {
+		c.mu.Lock()
+		if c.final != nil {
+			err := c.final
+			c.mu.Unlock()
+			return fmt.Errorf("tether: write: %w", err)
+		}
+		if l := c.live.Load(); l != nil {
+			c.mu.Unlock()
+			if err := l.Write(context.Background(), typ, p); err != nil {
+				l.fail(err)
+				continue
+			}
+			c.stats.msgsOut.Add(1)
+			c.stats.bytesOut.Add(uint64(len(p)))
+			return nil
+		}
+		q := &c.queue
+		q.dropExpired(c.opts.queueMaxAge, time.Now())
+		if q.max > 0 && len(p) > q.max {
+			c.mu.Unlock()
+			return fmt.Errorf("tether: write of %d bytes: %w (%d bytes)", len(p), ErrMessageTooLarge, q.max)
+		}
+		if q.fits(len(p)) || (c.opts.queuePolicy == QueueDropOldest && q.max > 0) {
+			for !q.fits(len(p)) {
+				q.dropOldest()
+			}
+			q.push(typ, p)
+			c.mu.Unlock()
+			return nil
+		}
+		if c.opts.queuePolicy == QueueFailFast {
+			c.mu.Unlock()
+			return fmt.Errorf("tether: write: %w", ErrQueueFull)
+		}
+		room := q.roomChan()
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return fmt.Errorf("tether: write: waiting for queue room: %w", ctx.Err())
+		}
+	}
+}
+
+type queued struct {
+	typ websocket.MessageType
+	p   []byte
+	at  time.Time
+}
+
+// sendQueue holds, in order, the messages written while reconnecting. It is
+// guarded by Conn.mu.
+type sendQueue struct {
+	msgs    []queued
+	head    int
+	bytes   int
+	max     int
+	dropped uint64
+	room    chan struct{} // closed when room appears or the queue's fate changes
+}
+
+func (q *sendQueue) len() int { return len(q.msgs) - q.head }
+
+func (q *sendQueue) fits(n int) bool { return q.max > 0 && q.bytes+n <= q.max }
+
+func (q *sendQueue) push(typ websocket.MessageType, p []byte) {
+	q.msgs = append(q.msgs, queued{typ: typ, p: append([]byte(nil), p...), at: time.Now()})
+	q.bytes += len(p)
+}
+
+// pop removes the oldest message.
+func (q *sendQueue) pop() (queued, bool) {
+	if q.len() == 0 {
+		return queued{}, false
+	}
+	m := q.msgs[q.head]
+	q.msgs[q.head] = queued{}
+	q.head++
+	q.bytes -= len(m.p)
+	if q.head == len(q.msgs) {
+		q.msgs, q.head = q.msgs[:0], 0
+	}
+	q.wake()
+	return m, true
+}
+
+// unpop puts m back at the front, after a failed send.
+func (q *sendQueue) unpop(m queued) {
+	if q.head > 0 {
+		q.head--
+		q.msgs[q.head] = m
+	} else {
+		q.msgs = append([]queued{m}, q.msgs...)
+	}
+	q.bytes += len(m.p)
+}
+
+func (q *sendQueue) dropOldest() {
+	if _, ok := q.pop(); ok {
+		q.dropped++
+	}
+}
+
+func (q *sendQueue) dropExpired(maxAge time.Duration, now time.Time) {
+	for maxAge > 0 && q.len() > 0 && now.Sub(q.msgs[q.head].at) > maxAge {
+		q.dropOldest()
+	}
+}
+
+func (q *sendQueue) roomChan() chan struct{} {
+	if q.room == nil {
+		q.room = make(chan struct{})
+	}
+	return q.room
+}
+
+// wake releases every Write waiting for room.
+func (q *sendQueue) wake() {
+	if q.room != nil {
+		close(q.room)
+		q.room = nil
+	}
+}
+
+// flush sends the queue on l, oldest first, and then makes l the live link
+// for direct writes. The queue lock is not held while writing, so new Writes
+// queue behind the flush and keep their order.
+func (c *Conn) flush(l *liveLink) error {
+	for {
+		c.mu.Lock()
+		c.queue.dropExpired(c.opts.queueMaxAge, time.Now())
+		m, ok := c.queue.pop()
+		if !ok {
+			c.live.Store(l)
+			c.queue.wake()
+			c.mu.Unlock()
+			return nil
+		}
+		c.mu.Unlock()
+		if err := l.Write(context.Background(), m.typ, m.p); err != nil {
+			c.mu.Lock()
+			c.queue.unpop(m)
+			c.mu.Unlock()
+			l.fail(err)
+			return err
+		}
+		c.stats.msgsOut.Add(1)
+		c.stats.bytesOut.Add(uint64(len(m.p)))
+	}
+}
