@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherws/tether"
+	"github.com/tetherws/tether/internal/faultnet"
 )
 
 // testServer is a real coder/websocket server on 127.0.0.1 whose behaviour a
@@ -24,7 +25,7 @@ type testServer struct {
 	srv *httptest.Server
 
 	accepted atomic.Int64
-	noPong   atomic.Bool // stop answering pings
+	noPong   atomic.Bool  // stop answering pings
 	status   atomic.Int64 // when non-zero, answer handshakes with this status
 	// handle, when set, serves each accepted conn instead of echoing.
 	handle func(ctx context.Context, c *websocket.Conn)
@@ -93,16 +94,6 @@ func echo(ctx context.Context, c *websocket.Conn) {
 	}
 }
 
-// last returns the most recently accepted server-side conn.
-func (s *testServer) last() *websocket.Conn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.conns) == 0 {
-		return nil
-	}
-	return s.conns[len(s.conns)-1]
-}
-
 // dropAll closes every accepted conn abruptly.
 func (s *testServer) dropAll() {
 	s.mu.Lock()
@@ -152,4 +143,60 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// proxied puts a faultnet proxy in front of s and returns it, closed at
+// cleanup.
+func proxied(t *testing.T, s *testServer) *faultnet.Proxy {
+	t.Helper()
+	p, err := faultnet.Listen(s.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// events records state transitions from a WithStateHook.
+type events struct {
+	mu  sync.Mutex
+	all []tether.StateChange
+	ch  chan tether.StateChange
+}
+
+func newEvents() *events { return &events{ch: make(chan tether.StateChange, 1024)} }
+
+func (e *events) hook(sc tether.StateChange) {
+	e.mu.Lock()
+	e.all = append(e.all, sc)
+	e.mu.Unlock()
+	e.ch <- sc
+}
+
+func (e *events) option() tether.Option { return tether.WithStateHook(e.hook) }
+
+// next waits for the next transition into state to.
+func (e *events) next(t *testing.T, to tether.State, d time.Duration) tether.StateChange {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case sc := <-e.ch:
+			if sc.To == to {
+				return sc
+			}
+		case <-timer.C:
+			t.Fatalf("no transition to %v within %v", to, d)
+		}
+	}
+}
+
+func (e *events) list() []tether.StateChange {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]tether.StateChange(nil), e.all...)
+}
+
+// nil2 returns a backoff factory with a constant delay d.
+func constBackoff(d time.Duration) func() backoff.BackOff {
+	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
 }
