@@ -176,8 +176,12 @@ func (c *Conn) SetReadLimit(n int64) {
 // Conn is reconnecting, it waits for the next link. ctx bounds the call; a
 // ping that times out does not close the link.
 func (c *Conn) Ping(ctx context.Context) error {
+	hook, _ := ctx.Value(onConnectKey{}).(*liveLink)
 	for {
 		l := c.live.Load()
+		if l == nil && hook != nil && !hook.failed() {
+			l = hook
+		}
 		if l == nil {
 			if err := c.awaitLink(ctx); err != nil {
 				return fmt.Errorf("tether: ping: %w", err)

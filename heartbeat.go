@@ -80,8 +80,7 @@ func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.
 			default:
 				c.stats.pingsFailed.Add(1)
 				if timeout > 0 && !l.lastSeen().After(r.start) && !c.rd.stalled() {
-					c.log.Warn("no pong within the heartbeat timeout",
-						slog.String("transport", l.transport.String()), slog.Duration("timeout", timeout))
+					c.logf(slog.LevelWarn, "no pong within the heartbeat timeout", l.transport, 0, slog.Duration("timeout", timeout))
 					l.fail(ErrHeartbeatTimeout)
 				}
 			}

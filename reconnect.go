@@ -20,15 +20,12 @@ import (
 func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 	defer close(c.done)
 
-	fctx, cancel := context.WithCancel(c.ctx)
-	stop := context.AfterFunc(dialCtx, cancel)
+	fctx, cancel := context.WithCancelCause(c.ctx)
+	stop := context.AfterFunc(dialCtx, func() { cancel(dialCtx.Err()) })
 	l, err := c.connect(fctx, Connecting, nil)
 	stop()
-	cancel()
+	cancel(nil)
 	if err != nil {
-		if dialCtx.Err() != nil && c.ctx.Err() == nil {
-			err = fmt.Errorf("tether: dial %s: %w (last attempt: %v)", c.url, dialCtx.Err(), err)
-		}
 		c.finish(err)
 		first <- err
 		return
@@ -44,11 +41,11 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 		}
 		c.retire(l, false)
 		if !c.shouldRetry(cause) {
-			c.log.Warn("link lost for good", slog.String("transport", l.transport.String()), slog.Any("cause", cause))
+			c.logf(slog.LevelWarn, "link lost for good", l.transport, 0, slog.Any("cause", cause))
 			c.finish(cause)
 			return
 		}
-		c.log.Info("link lost, reconnecting", slog.String("transport", l.transport.String()), slog.Any("cause", cause))
+		c.logf(slog.LevelInfo, "link lost, reconnecting", l.transport, 0, slog.Any("cause", cause))
 		c.setState(Reconnecting, cause, 0)
 		if l, err = c.connect(c.ctx, Reconnecting, cause); err != nil {
 			c.finish(err)
@@ -86,7 +83,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 				c.stats.reconnects.Add(1)
 			}
 			c.setState(Connected, nil, attempt)
-			c.log.Info("connected", slog.String("transport", l.transport.String()), slog.Int("attempt", attempt))
+			c.logf(slog.LevelInfo, "connected", l.transport, attempt)
 			return l, nil
 		}
 		if ctx.Err() != nil {
@@ -95,7 +92,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 		lastErr = err
 		c.stats.countFailure(err)
 		retry := c.shouldRetry(err)
-		c.log.Warn("connect attempt failed", slog.String("transport", WebSocket.String()), slog.Int("attempt", attempt), slog.Bool("retry", retry), slog.Any("err", err))
+		c.logf(slog.LevelWarn, "connect attempt failed", WebSocket, attempt, slog.Bool("retry", retry), slog.Any("err", err))
 		if !retry {
 			return nil, err
 		}
@@ -120,9 +117,19 @@ func (c *Conn) abortErr(ctx context.Context, last error) error {
 		return errClosedLocally
 	}
 	if last != nil {
-		return fmt.Errorf("tether: connect: %w (last attempt: %v)", ctx.Err(), last)
+		return fmt.Errorf("tether: connect to %s: %w (last attempt: %v)", c.url, context.Cause(ctx), last)
 	}
-	return fmt.Errorf("tether: connect: %w", ctx.Err())
+	return fmt.Errorf("tether: connect to %s: %w", c.url, context.Cause(ctx))
+}
+
+// logf writes a record with the conn id (already on c.log), the transport
+// and the attempt.
+func (c *Conn) logf(level slog.Level, msg string, t Transport, attempt int, attrs ...slog.Attr) {
+	if !c.log.Enabled(context.Background(), level) {
+		return
+	}
+	attrs = append(attrs, slog.String("transport", t.String()), slog.Int("attempt", attempt))
+	c.log.LogAttrs(context.Background(), level, msg, attrs...)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
