@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,12 @@ type Conn struct {
 	subproto   string
 	transport  Transport
 	stateSince time.Time
+	sess       *clientSession // session mode: the session, kept across links
+	polling    bool           // the Conn has fallen back to long polling
+	pollURL    *url.URL
+	probes     chan *probeResult // a successful WebSocket probe, while polling
+
+	fallbackCause error // why the Conn moved to polling; supervisor only
 
 	stats counters
 }
@@ -80,6 +87,11 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Conn, error) {
 		return nil, err
 	}
 	c := newConn(u, o)
+	if o.fallback {
+		if c.pollURL, err = pollURLFor(u, o.pollURL); err != nil {
+			return nil, err
+		}
+	}
 	first := make(chan error, 1)
 	go c.run(ctx, first)
 	if err := <-first; err != nil {
@@ -96,6 +108,7 @@ func newConn(u string, o *options) *Conn {
 		opts:      o,
 		done:      make(chan struct{}),
 		readSem:   make(chan struct{}, 1),
+		probes:    make(chan *probeResult, 1),
 		readLimit: o.readLimit,
 	}
 	c.log = o.logger.With(slog.String("conn_id", c.id))
@@ -125,8 +138,13 @@ func checkURL(raw string) (string, error) {
 	default:
 		return "", fmt.Errorf("tether: Dial: URL %q has unsupported scheme %q (want ws, wss, http or https): %w", raw, u.Scheme, ErrInvalidURL)
 	}
-	if u.Host == "" {
+	if u.Host == "" || u.Hostname() == "" {
 		return "", fmt.Errorf("tether: Dial: URL %q has no host: %w", raw, ErrInvalidURL)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", fmt.Errorf("tether: Dial: URL %q has invalid port %q: %w", raw, p, ErrInvalidURL)
+		}
 	}
 	return u.String(), nil
 }

@@ -76,21 +76,28 @@ func (e *GiveUpError) Error() string {
 // Unwrap returns ErrGaveUp and the last cause, for errors.Is and errors.As.
 func (e *GiveUpError) Unwrap() []error { return []error{ErrGaveUp, e.Err} }
 
+// maxRetryAfter caps a server's Retry-After, so that a misconfigured proxy
+// cannot park a Conn for a day.
+const maxRetryAfter = 10 * time.Minute
+
 // parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if s, err := strconv.Atoi(v); err == nil {
-		if s < 0 {
+	var d time.Duration
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if s <= 0 {
 			return 0
 		}
-		return time.Duration(s) * time.Second
+		d = maxRetryAfter
+		if s < int64(maxRetryAfter/time.Second) {
+			d = time.Duration(s) * time.Second
+		}
+	} else if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		d = min(t.Sub(now), maxRetryAfter)
 	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
+	return d
 }
 
 // errHandshakeTimeout marks an attempt whose handshake did not finish in time.

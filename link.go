@@ -2,6 +2,8 @@ package tether
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +53,9 @@ func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
 // fail records the first error seen on the link and wakes the supervisor.
 func (l *liveLink) fail(err error) {
 	l.deadOnce.Do(func() {
+		if !strings.HasPrefix(err.Error(), "tether: ") {
+			err = fmt.Errorf("tether: %v link lost: %w", l.transport, err)
+		}
 		l.err = err
 		close(l.dead)
 	})
