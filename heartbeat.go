@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/coder/websocket"
 )
 
 type pingResult struct {
@@ -19,6 +23,9 @@ type pingResult struct {
 // goroutine (coder/websocket's Ping blocks until the pong), and the verdict
 // comes back here, so that only the supervisor closes a link.
 func (c *Conn) heartbeat(l *liveLink) error {
+	if l.transport == Polling {
+		return c.watchPolling(l)
+	}
 	interval := c.opts.hbInterval
 	if interval <= 0 {
 		select {
@@ -96,4 +103,66 @@ func (c *Conn) ping(l *liveLink, wait time.Duration, results chan<- pingResult) 
 	err := l.Ping(ctx)
 	cancel()
 	results <- pingResult{start: start, rtt: time.Since(start), err: err}
+}
+
+// errUpgrade ends the watch of a polling link when a WebSocket probe got
+// through.
+var errUpgrade = errors.New("tether: WebSocket is back")
+
+type probeResult struct {
+	ws   *websocket.Conn
+	resp *http.Response
+}
+
+// watchPolling watches a long-polling link (its polls are its heartbeat) and
+// probes WebSocket in the background with backoff; when a probe gets
+// through, the supervisor moves the session back onto it.
+func (c *Conn) watchPolling(l *liveLink) error {
+	b := c.opts.newProbeBackoff()
+	t := time.NewTimer(b.NextBackOff())
+	defer t.Stop()
+	results := make(chan error, 1)
+	for {
+		select {
+		case <-c.ctx.Done():
+			return errClosedLocally
+		case <-l.dead:
+			return l.err
+		case <-t.C:
+			l.wg.Add(1)
+			go c.probe(l, results)
+		case err := <-results:
+			if err == nil {
+				return errUpgrade
+			}
+			c.logf(slog.LevelDebug, "WebSocket probe failed", WebSocket, 0, slog.Any("err", err))
+			t.Reset(b.NextBackOff())
+		}
+	}
+}
+
+// probe tries one WebSocket handshake that resumes the session.
+func (c *Conn) probe(l *liveLink, results chan<- error) {
+	defer l.wg.Done()
+	ws, resp, err := c.dial(l.ctx)
+	if err == nil && (ws.Subprotocol() != Subprotocol || resp == nil || resp.Header.Get(headerProtocol) != Subprotocol) {
+		_ = ws.CloseNow()
+		err = errors.New("tether: probe: the server did not take up session mode")
+	}
+	if err == nil {
+		c.probes <- &probeResult{ws: ws, resp: resp}
+	}
+	results <- err
+}
+
+// defaultProbeBackoff spaces WebSocket probes while on long polling: the
+// first within a few seconds, then growing to about a minute.
+func defaultProbeBackoff() backoff.BackOff {
+	return &fullJitter{exp: backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(3*time.Second),
+		backoff.WithMaxInterval(time.Minute),
+		backoff.WithMultiplier(2),
+		backoff.WithRandomizationFactor(0),
+		backoff.WithMaxElapsedTime(0),
+	)}
 }

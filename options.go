@@ -57,6 +57,9 @@ type options struct {
 	stateHook        func(StateChange)
 	logger           *slog.Logger
 	readLimit        int64
+	fallback         bool
+	pollURL          string
+	newProbeBackoff  func() backoff.BackOff
 
 	errs []error
 }
@@ -66,6 +69,7 @@ func defaultOptions() *options {
 		hbInterval:       DefaultHeartbeatInterval,
 		hbTimeout:        DefaultHeartbeatTimeout,
 		newBackoff:       defaultBackoff,
+		newProbeBackoff:  defaultProbeBackoff,
 		handshakeTimeout: DefaultHandshakeTimeout,
 		queueBytes:       DefaultSendQueueBytes,
 		logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -119,6 +123,19 @@ func WithBackoff(newBackOff func() backoff.BackOff) Option {
 			return
 		}
 		o.newBackoff = newBackOff
+	}
+}
+
+// WithProbeBackoff sets the delays between WebSocket probes while the Conn is
+// on long polling (see WithFallback). The default is exponential with full
+// jitter, the first probe within 3 s, growing to a minute.
+func WithProbeBackoff(newBackOff func() backoff.BackOff) Option {
+	return func(o *options) {
+		if newBackOff == nil {
+			o.invalid("WithProbeBackoff: nil function")
+			return
+		}
+		o.newProbeBackoff = newBackOff
 	}
 }
 

@@ -31,6 +31,7 @@ type reader struct {
 	final   error         // set when the Conn has ended
 	pending message       // a message read while nobody was waiting
 	hasPend bool
+	lost    error // a lost session, reported once by Read
 
 	inRead bool // a Read call is in progress
 	direct bool // a Read call is reading the link on its own goroutine
@@ -93,6 +94,11 @@ func (c *Conn) read(ctx context.Context) message {
 			m := r.pending
 			r.pending, r.hasPend = message{}, false
 			return r.leave(m)
+		}
+		if r.lost != nil {
+			err := r.lost
+			r.lost = nil
+			return r.leave(message{err: err})
 		}
 		if r.final != nil {
 			return r.leave(message{err: r.final})

@@ -36,10 +36,21 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 		cause := c.heartbeat(l)
 		if c.ctx.Err() != nil {
 			c.retire(l, true)
+			if p := c.takeProbe(); p != nil {
+				_ = p.ws.CloseNow()
+			}
 			c.finish(errClosedLocally)
 			return
 		}
 		c.retire(l, false)
+		if ws := c.takeProbe(); ws != nil {
+			nl, err := c.upgrade(ws)
+			if err == nil {
+				l = nl
+				continue
+			}
+			cause = err
+		}
 		if !c.shouldRetry(cause) {
 			c.logf(slog.LevelWarn, "link lost for good", l.transport, 0, slog.Any("cause", cause))
 			c.finish(cause)
@@ -62,6 +73,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 	b := c.opts.newBackoff()
 	b.Reset()
 	var lastErr error
+	blocked := 0
 	for attempt := 1; ; attempt++ {
 		if cause != nil || attempt > 1 {
 			d := b.NextBackOff()
@@ -77,12 +89,12 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			}
 		}
 		c.stats.dials.Add(1)
-		l, err := c.attempt(ctx, attempt)
+		l, err := c.attempt(ctx)
 		if err == nil {
 			if from == Reconnecting {
 				c.stats.reconnects.Add(1)
 			}
-			c.setState(Connected, nil, attempt)
+			c.setState(Connected, c.connectCause(l), attempt)
 			c.logf(slog.LevelInfo, "connected", l.transport, attempt)
 			return l, nil
 		}
@@ -91,6 +103,19 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 		}
 		lastErr = err
 		c.stats.countFailure(err)
+		if c.opts.fallback && !c.onPolling() {
+			if blocksWebSocket(err) {
+				blocked++
+			} else {
+				blocked = 0
+			}
+			if blocked >= fallbackAfter {
+				c.logf(slog.LevelWarn, "WebSocket looks blocked on this path: moving to long polling", WebSocket, attempt, slog.Any("err", err))
+				c.setPolling(true)
+				c.fallbackCause = fmt.Errorf("tether: moved to long polling after %d blocked handshakes: %w", fallbackAfter, err)
+				blocked = 0
+			}
+		}
 		retry := c.shouldRetry(err)
 		c.logf(slog.LevelWarn, "connect attempt failed", WebSocket, attempt, slog.Bool("retry", retry), slog.Any("err", err))
 		if !retry {
@@ -100,6 +125,47 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			return nil, &GiveUpError{Attempts: attempt, Err: err}
 		}
 	}
+}
+
+// connectCause is what a Connected transition reports: a lost session, or
+// the move to long polling.
+func (c *Conn) connectCause(l *liveLink) error {
+	if sl, ok := l.link.(*sessionLink); ok && sl.lost != nil {
+		return sl.lost
+	}
+	if l.transport == Polling && c.fallbackCause != nil {
+		err := c.fallbackCause
+		c.fallbackCause = nil
+		return err
+	}
+	return nil
+}
+
+// takeProbe returns a WebSocket that a probe opened while the Conn was on
+// long polling, if any.
+func (c *Conn) takeProbe() *probeResult {
+	select {
+	case p := <-c.probes:
+		return p
+	default:
+		return nil
+	}
+}
+
+// upgrade moves the session from long polling back onto the WebSocket a
+// probe opened.
+func (c *Conn) upgrade(p *probeResult) (*liveLink, error) {
+	l, err := c.adopt(c.ctx, p.ws, p.resp)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.bringUp(c.ctx, l); err != nil {
+		return nil, err
+	}
+	c.setPolling(false)
+	c.logf(slog.LevelInfo, "moved back to WebSocket", WebSocket, 0)
+	c.transportChanged(WebSocket)
+	return l, nil
 }
 
 func firstErr(errs ...error) error {
@@ -146,36 +212,139 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// attempt dials once, runs the OnConnect hook, and flushes the send queue.
-func (c *Conn) attempt(ctx context.Context, attempt int) (*liveLink, error) {
-	ws, err := c.dial(ctx)
+// attempt opens one link, runs the OnConnect hook, and flushes the send
+// queue.
+func (c *Conn) attempt(ctx context.Context) (*liveLink, error) {
+	var (
+		l   *liveLink
+		err error
+	)
+	if c.onPolling() {
+		l, err = c.openPolling(ctx)
+	} else {
+		var ws *websocket.Conn
+		var resp *http.Response
+		if ws, resp, err = c.dial(ctx); err == nil {
+			l, err = c.adopt(ctx, ws, resp)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	ws.SetReadLimit(c.readLimit)
-	c.subproto = ws.Subprotocol()
-	c.transport = WebSocket
-	c.mu.Unlock()
+	return l, c.bringUp(ctx, l)
+}
 
-	l := newLiveLink(c.ctx, ws, WebSocket)
+// bringUp makes l the link that Read uses, runs the OnConnect hook, and
+// sends the queue before l takes direct writes.
+func (c *Conn) bringUp(ctx context.Context, l *liveLink) error {
+	c.mu.Lock()
+	c.transport = l.transport
+	c.mu.Unlock()
 	c.setReadLink(l)
 	if fn := c.opts.onConnect; fn != nil {
 		hctx := context.WithValue(ctx, onConnectKey{}, l)
 		if err := fn(hctx, c); err != nil {
 			c.retire(l, false)
-			return nil, &hookError{hook: "OnConnect", err: err}
+			return &hookError{hook: "OnConnect", err: err}
 		}
 	}
 	if err := c.flush(l); err != nil {
 		c.retire(l, false)
-		return nil, fmt.Errorf("tether: sending queued messages: %w", err)
+		return fmt.Errorf("tether: sending queued messages: %w", err)
 	}
+	return nil
+}
+
+// adopt turns a fresh WebSocket into a link: in session mode it takes the
+// server's Hello and resumes the session.
+func (c *Conn) adopt(ctx context.Context, ws *websocket.Conn, resp *http.Response) (*liveLink, error) {
+	c.mu.Lock()
+	limit := c.readLimit
+	c.subproto = ws.Subprotocol()
+	c.mu.Unlock()
+	if ws.Subprotocol() != Subprotocol || resp == nil || resp.Header.Get(headerProtocol) != Subprotocol {
+		ws.SetReadLimit(limit)
+		return newLiveLink(c.ctx, ws, WebSocket), nil
+	}
+	if limit >= 0 {
+		limit += 64 // room for the frame header
+	}
+	ws.SetReadLimit(limit)
+	wf := &wsFrames{ws: ws}
+	hctx := ctx
+	if d := c.opts.handshakeTimeout; d > 0 {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	hello, err := wf.readFrame(hctx)
+	if err != nil {
+		_ = ws.CloseNow()
+		return nil, fmt.Errorf("%w: %w", errNoHello, err)
+	}
+	sl, err := c.startSession(wf, hello)
+	if err != nil {
+		_ = ws.CloseNow()
+		return nil, err
+	}
+	l := newLiveLink(c.ctx, sl, WebSocket)
+	sl.live = l
 	return l, nil
 }
 
+// openPolling opens a long-polling link for the Conn's session.
+func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
+	t, hello, err := c.openPoll(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sl, err := c.startSession(t, hello)
+	if err != nil {
+		return nil, err
+	}
+	t.start(func() uint64 {
+		sl.s.seq.mu.Lock()
+		defer sl.s.seq.mu.Unlock()
+		return sl.s.seq.recv
+	})
+	l := newLiveLink(c.ctx, sl, Polling)
+	sl.live = l
+	return l, nil
+}
+
+func (c *Conn) onPolling() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.polling
+}
+
+func (c *Conn) setPolling(on bool) {
+	c.mu.Lock()
+	c.polling = on
+	c.mu.Unlock()
+}
+
+// addHeaders adds WithHeader's headers, the conn id and, in session mode,
+// what resumes the session.
+func (c *Conn) addHeaders(ctx context.Context, h http.Header) error {
+	if c.opts.header != nil {
+		extra, err := c.opts.header(ctx)
+		if err != nil {
+			return &hookError{hook: "WithHeader", err: err}
+		}
+		for k, vs := range extra {
+			for _, v := range vs {
+				h.Add(k, v)
+			}
+		}
+	}
+	h.Set(ConnIDHeader, c.id)
+	c.resumeHeaders(h)
+	return nil
+}
+
 // dial makes one WebSocket handshake, bounded by the handshake timeout.
-func (c *Conn) dial(ctx context.Context) (*websocket.Conn, error) {
+func (c *Conn) dial(ctx context.Context) (*websocket.Conn, *http.Response, error) {
 	if d := c.opts.handshakeTimeout; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
@@ -197,39 +366,36 @@ func (c *Conn) dial(ctx context.Context) (*websocket.Conn, error) {
 		if do.HTTPHeader == nil {
 			do.HTTPHeader = http.Header{}
 		}
-		if c.opts.header != nil {
-			h, herr := c.opts.header(ctx)
-			if herr != nil {
-				return nil, &hookError{hook: "WithHeader", err: herr}
-			}
-			for k, vs := range h {
-				for _, v := range vs {
-					do.HTTPHeader.Add(k, v)
-				}
-			}
+		if err := c.addHeaders(ctx, do.HTTPHeader); err != nil {
+			return nil, nil, err
 		}
-		do.HTTPHeader.Set(ConnIDHeader, c.id)
+		// Offered last: some servers pick the client's first subprotocol.
+		do.Subprotocols = append(append([]string(nil), do.Subprotocols...), Subprotocol)
 		ws, resp, err = websocket.Dial(ctx, c.url, &do)
 	}
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, &HandshakeError{
+			return nil, nil, &HandshakeError{
 				StatusCode: resp.StatusCode,
 				RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 				Err:        err,
 			}
 		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-			return nil, fmt.Errorf("tether: %w after %v: %w", errHandshakeTimeout, c.opts.handshakeTimeout, err)
+			return nil, nil, fmt.Errorf("tether: %w after %v: %w", errHandshakeTimeout, c.opts.handshakeTimeout, err)
 		}
-		return nil, fmt.Errorf("tether: dial: %w", err)
+		return nil, nil, fmt.Errorf("tether: dial: %w", err)
 	}
-	return ws, nil
+	return ws, resp, nil
 }
 
 // shouldRetry applies the classification and the user's override.
 func (c *Conn) shouldRetry(err error) bool {
 	retry := retryable(err)
+	var he *HandshakeError
+	if c.opts.fallback && errors.As(err, &he) && he.StatusCode == http.StatusBadRequest {
+		retry = true // a proxy may answer 400 to the upgrade: fall back
+	}
 	if c.opts.retryHook != nil && !isClosedLocally(err) {
 		retry = c.opts.retryHook(err, retry)
 	}
@@ -320,7 +486,18 @@ func (c *Conn) finish(err error) {
 	c.queue.wake()
 	c.mu.Unlock()
 	c.rd.end(err)
+	c.stopAcks()
+	if isClosedLocally(err) {
+		err = nil // a local Close has no cause
+	}
 	c.setState(Closed, err, 0)
+}
+
+// transportChanged reports a move between transports while connected.
+func (c *Conn) transportChanged(t Transport) {
+	if fn := c.opts.stateHook; fn != nil {
+		fn(StateChange{From: Connected, To: Connected, Transport: t, At: time.Now()})
+	}
 }
 
 // setState records a transition and reports it to the state hook.

@@ -200,3 +200,5 @@ func (e *events) list() []tether.StateChange {
 func constBackoff(d time.Duration) func() backoff.BackOff {
 	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
 }
+
+func faultnetListen(target string) (*faultnet.Proxy, error) { return faultnet.Listen(target) }

@@ -1,0 +1,403 @@
+package tether
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/tetherws/tether/internal/frame"
+)
+
+// fallbackAfter is how many handshakes in a row must fail in a way that says
+// "this path blocks WebSocket" before the Conn moves to long polling.
+const fallbackAfter = 3
+
+// pollTimeout bounds one poll; the server holds a poll for at most its poll
+// wait (25 s by default).
+const pollTimeout = 40 * time.Second
+
+// pollRetries is how many times a polling request cut short is tried again
+// before the link is given up.
+const pollRetries = 3
+
+// WithFallback lets the Conn move its session onto HTTP long polling when
+// WebSocket handshakes keep failing in a way that says the path blocks
+// WebSocket (a non-101 answer other than 401, 403 or 404; a handshake that
+// hangs), and probe WebSocket in the background to move back when it works.
+// pollURL is the Handler's URL with an http or https scheme; "" derives it
+// from the dial URL (ws to http, wss to https). Fallback needs a server that
+// speaks session mode (a tether Handler). By default there is no fallback.
+func WithFallback(pollURL string) Option {
+	return func(o *options) {
+		o.fallback = true
+		o.pollURL = pollURL
+	}
+}
+
+// pollURLFor works out the polling URL and refuses a downgrade from TLS.
+func pollURLFor(dialURL, pollURL string) (*url.URL, error) {
+	d, err := url.Parse(dialURL)
+	if err != nil {
+		return nil, err
+	}
+	secure := d.Scheme == "wss" || d.Scheme == "https"
+	if pollURL == "" {
+		u := *d
+		if secure {
+			u.Scheme = "https"
+		} else {
+			u.Scheme = "http"
+		}
+		return &u, nil
+	}
+	u, err := url.Parse(pollURL)
+	if err != nil {
+		return nil, fmt.Errorf("tether: WithFallback: %w: %w", ErrInvalidOption, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("tether: WithFallback: URL %q must be http or https: %w", pollURL, ErrInvalidOption)
+	case secure && u.Scheme != "https":
+		return nil, fmt.Errorf("tether: WithFallback: URL %q would downgrade %s to plain HTTP: %w", pollURL, d.Scheme, ErrInvalidOption)
+	case u.Host == "":
+		return nil, fmt.Errorf("tether: WithFallback: URL %q has no host: %w", pollURL, ErrInvalidOption)
+	}
+	return u, nil
+}
+
+// blocksWebSocket reports whether a failed attempt says the path does not
+// let WebSocket through, as opposed to a server that is down.
+func blocksWebSocket(err error) bool {
+	var he *HandshakeError
+	if errors.As(err, &he) {
+		switch he.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+			return false
+		}
+		return true
+	}
+	return errors.Is(err, errHandshakeTimeout) || errors.Is(err, errNoHello)
+}
+
+var errNoHello = errors.New("tether: the server did not greet the session")
+
+// pollHTTPClient is the WebSocket dial's http.Client, refusing redirects from
+// https to http.
+func (c *Conn) pollHTTPClient() *http.Client {
+	base := http.DefaultClient
+	if c.opts.dialOpts != nil && c.opts.dialOpts.HTTPClient != nil {
+		base = c.opts.dialOpts.HTTPClient
+	}
+	hc := *base
+	userCheck := base.CheckRedirect
+	hc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) > 0 && via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+			return errors.New("tether: refusing a redirect from https to http")
+		}
+		if userCheck != nil {
+			return userCheck(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("tether: stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &hc
+}
+
+// pollTransport carries session frames over HTTP long polling: a poller
+// goroutine holds a GET open for the server's frames, and a sender
+// goroutine POSTs the client's frames in batches.
+type pollTransport struct {
+	c      *Conn
+	hc     *http.Client
+	base   *url.URL
+	sid    string
+	secret string
+	ack    func() uint64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	frames chan frame.Frame
+	failed chan struct{}
+	errMu  sync.Mutex
+	err    error
+
+	mu     sync.Mutex
+	outbox []frame.Frame
+	wake   chan struct{}
+}
+
+// openPoll opens or resumes the Conn's session over long polling and
+// returns the transport with the server's Hello.
+func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error) {
+	u := *c.pollURL
+	q := u.Query()
+	q.Set(pollParam, pollOpen)
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), nil)
+	if err != nil {
+		return nil, frame.Frame{}, err
+	}
+	if err := c.addHeaders(ctx, req.Header); err != nil {
+		return nil, frame.Frame{}, err
+	}
+	hc := c.pollHTTPClient()
+	fs, err := doPoll(hc, req, 1)
+	if err != nil {
+		return nil, frame.Frame{}, err
+	}
+	if len(fs) != 1 {
+		return nil, frame.Frame{}, errNoHello
+	}
+	t := &pollTransport{
+		c:      c,
+		hc:     hc,
+		base:   c.pollURL,
+		sid:    fmt.Sprintf("%x", fs[0].Session),
+		secret: fmt.Sprintf("%x", fs[0].Secret),
+		frames: make(chan frame.Frame, DefaultMaxBatch),
+		failed: make(chan struct{}),
+		wake:   make(chan struct{}, 1),
+	}
+	t.ctx, t.cancel = context.WithCancel(c.ctx)
+	return t, fs[0], nil
+}
+
+// start runs the poller and the sender; ack reports the session's receive
+// position for each poll.
+func (t *pollTransport) start(ack func() uint64) {
+	t.ack = ack
+	t.wg.Add(2)
+	go t.poll()
+	go t.send()
+}
+
+// doPoll makes one polling request and decodes the frames it answers.
+func doPoll(hc *http.Client, req *http.Request, maxFrames int) ([]frame.Frame, error) {
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, DefaultMaxBody+1))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, &HandshakeError{
+			StatusCode: resp.StatusCode,
+			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+			Err:        fmt.Errorf("tether: polling %s answered %s", req.URL.Query().Get(pollParam), resp.Status),
+		}
+	}
+	return frame.DecodeBatch(body, maxFrames, DefaultMaxBody)
+}
+
+func (t *pollTransport) request(ctx context.Context, method, op string, body []byte) (*http.Request, error) {
+	u := *t.base
+	q := u.Query()
+	q.Set(pollParam, op)
+	q.Set("sid", t.sid)
+	if op == pollGet {
+		q.Set("ack", strconv.FormatUint(t.ack(), 10))
+	}
+	u.RawQuery = q.Encode()
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), r)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(headerSecret, t.secret)
+	req.Header.Set(ConnIDHeader, t.c.id)
+	if body != nil {
+		req.Header.Set("Content-Type", pollMediaType)
+	}
+	return req, nil
+}
+
+// retry runs one polling request, trying again when it is cut short. A 4xx
+// answer is final.
+func (t *pollTransport) retry(method, op string, body []byte, timeout time.Duration) ([]frame.Frame, error) {
+	var last error
+	for i := 0; i < pollRetries; i++ {
+		if i > 0 {
+			if err := sleep(t.ctx, time.Duration(i)*100*time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
+		ctx, cancel := context.WithTimeout(t.ctx, timeout)
+		req, err := t.request(ctx, method, op, body)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		fs, err := doPoll(t.hc, req, DefaultMaxBatch+1)
+		cancel()
+		if err == nil {
+			return fs, nil
+		}
+		if t.ctx.Err() != nil {
+			return nil, t.ctx.Err()
+		}
+		last = err
+		var he *HandshakeError
+		if errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500 {
+			break
+		}
+	}
+	return nil, last
+}
+
+func (t *pollTransport) fail(err error) {
+	t.errMu.Lock()
+	defer t.errMu.Unlock()
+	if t.err == nil {
+		t.err = err
+		close(t.failed)
+	}
+}
+
+func (t *pollTransport) poll() {
+	defer t.wg.Done()
+	for {
+		fs, err := t.retry(http.MethodGet, pollGet, nil, pollTimeout)
+		if err != nil {
+			t.fail(fmt.Errorf("tether: polling: %w", err))
+			return
+		}
+		for _, f := range fs {
+			select {
+			case t.frames <- f:
+			case <-t.ctx.Done():
+				return
+			}
+			if f.Kind == frame.Close {
+				return
+			}
+		}
+	}
+}
+
+func (t *pollTransport) send() {
+	defer t.wg.Done()
+	for {
+		select {
+		case <-t.wake:
+		case <-t.ctx.Done():
+			return
+		}
+		t.mu.Lock()
+		fs := t.outbox
+		t.outbox = nil
+		t.mu.Unlock()
+		for len(fs) > 0 {
+			n := min(len(fs), DefaultMaxBatch)
+			body := frame.AppendBatch(nil, fs[:n])
+			acks, err := t.retry(http.MethodPost, pollSend, body, t.c.opts.handshakeTimeout+pollTimeout)
+			if err != nil {
+				t.fail(fmt.Errorf("tether: sending: %w", err))
+				return
+			}
+			for _, a := range acks {
+				select {
+				case t.frames <- a:
+				case <-t.ctx.Done():
+					return
+				}
+			}
+			fs = fs[n:]
+		}
+	}
+}
+
+func (t *pollTransport) readFrame(ctx context.Context) (frame.Frame, error) {
+	select {
+	case f := <-t.frames:
+		return f, nil
+	default:
+	}
+	select {
+	case f := <-t.frames:
+		return f, nil
+	case <-t.failed:
+		t.errMu.Lock()
+		defer t.errMu.Unlock()
+		return frame.Frame{}, t.err
+	case <-t.ctx.Done():
+		return frame.Frame{}, fmt.Errorf("tether: polling link closed: %w", t.ctx.Err())
+	case <-ctx.Done():
+		return frame.Frame{}, ctx.Err()
+	}
+}
+
+// writeFrame queues f for the sender. Payloads stay valid: they are the
+// session's replay copies.
+func (t *pollTransport) writeFrame(f *frame.Frame) error {
+	select {
+	case <-t.failed:
+		t.errMu.Lock()
+		defer t.errMu.Unlock()
+		return t.err
+	default:
+	}
+	t.mu.Lock()
+	t.outbox = append(t.outbox, *f)
+	t.mu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Ping is answered by the polls themselves: a poll that does not come back
+// in time fails the link.
+func (t *pollTransport) Ping(ctx context.Context) error { return nil }
+
+// Close tells the server the session is over, then stops.
+func (t *pollTransport) Close(code websocket.StatusCode, reason string) error {
+	body := frame.AppendBatch(nil, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason), Ack: t.ack()}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	req, err := t.request(ctx, http.MethodPost, pollSend, body)
+	if err == nil {
+		_, err = doPoll(t.hc, req, DefaultMaxBatch+1)
+	}
+	cancel()
+	_ = t.CloseNow()
+	return err
+}
+
+// CloseNow stops the poller and the sender and waits for them.
+func (t *pollTransport) CloseNow() error {
+	t.cancel()
+	t.wg.Wait()
+	return nil
+}
+
+// clipReason cuts a close reason to what a close frame can carry, on a rune
+// boundary.
+func clipReason(s string) string {
+	if len(s) <= frame.MaxReason {
+		return s
+	}
+	s = s[:frame.MaxReason]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,654 @@
+package tether
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/tetherws/tether/internal/frame"
+)
+
+// Handler is an http.Handler that serves tether clients over WebSocket and
+// HTTP long polling on the same URL, and hands the application one *Session
+// per client, whichever transport is below. A client in session mode that
+// loses its link resumes its session on a new one, and every message is
+// delivered exactly once, in order, for as long as the Handler keeps the
+// session (see WithSessionTTL). Plain WebSocket clients, which do not offer
+// the tether.v1 subprotocol, get a Session over their connection as it is.
+//
+// Sessions live in the Handler's memory: several server instances behind a
+// load balancer need sticky routing.
+type Handler struct {
+	serve func(ctx context.Context, s *Session)
+	opts  handlerOptions
+	log   *slog.Logger
+
+	mu         sync.Mutex
+	sessions   map[[16]byte]*Session
+	tombstones map[[16]byte]tombstone
+	closed     bool
+	wg         sync.WaitGroup // serve goroutines and WebSocket readers
+}
+
+// NewHandler returns a Handler that calls serve, on a goroutine of its own,
+// for every new session. The session ends when serve returns; serve's ctx
+// ends when the session does.
+func NewHandler(serve func(ctx context.Context, s *Session), opts ...HandlerOption) *Handler {
+	o := defaultHandlerOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &Handler{serve: serve, opts: o, log: o.logger, sessions: make(map[[16]byte]*Session), tombstones: make(map[[16]byte]tombstone)}
+}
+
+// ServeHTTP serves a WebSocket handshake or a long-polling request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if isWebSocketUpgrade(r) {
+		h.serveWebSocket(w, r)
+		return
+	}
+	h.servePoll(w, r)
+}
+
+// Close ends every session, closes their links, and waits for the serve
+// functions and the Handler's goroutines to return.
+func (h *Handler) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return fmt.Errorf("tether: handler: %w", net.ErrClosed)
+	}
+	h.closed = true
+	all := make([]*Session, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		all = append(all, s)
+	}
+	h.mu.Unlock()
+	for _, s := range all {
+		s.end(websocket.StatusGoingAway, "server shutting down", fmt.Errorf("tether: handler closed: %w", net.ErrClosed))
+	}
+	h.wg.Wait()
+	return nil
+}
+
+// Sessions returns the number of sessions the Handler holds.
+func (h *Handler) Sessions() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
+}
+
+func isWebSocketUpgrade(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") && headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	resume, err := parseResume(r.Header.Get(headerSession), r.Header.Get(headerSecret), r.Header.Get(headerAck))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ao := h.opts.accept
+	ao.Subprotocols = append([]string{Subprotocol}, ao.Subprotocols...)
+	// Tells the client this server really speaks tether.v1.
+	w.Header().Set(headerProtocol, Subprotocol)
+	c, err := websocket.Accept(w, r, &ao)
+	if err != nil {
+		return // Accept has answered
+	}
+	c.SetReadLimit(h.opts.readLimit + 64)
+	if c.Subprotocol() != Subprotocol {
+		h.servePlain(r, c)
+		return
+	}
+	s, status, err := h.openSession(resume, true)
+	if err != nil {
+		var te *tombstoneError
+		if errors.As(err, &te) {
+			_ = c.Close(te.code, te.reason)
+			return
+		}
+		_ = c.Close(websocket.StatusTryAgainLater, err.Error())
+		return
+	}
+	done := make(chan struct{})
+	if err := s.attachWS(c, done, status, resume.ack); err != nil {
+		close(done)
+		h.wg.Done()
+		_ = c.CloseNow()
+		return
+	}
+	s.readWS(c, done)
+}
+
+// servePlain serves a client that did not ask for session mode: the Session
+// is the WebSocket connection itself, and ends with it.
+func (h *Handler) servePlain(r *http.Request, c *websocket.Conn) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		_ = c.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	defer h.wg.Done()
+	s := &Session{h: h, plain: c, idStr: "plain-" + newID()}
+	var cancel context.CancelCauseFunc
+	s.ctx, cancel = context.WithCancelCause(context.Background())
+	stop := context.AfterFunc(r.Context(), func() { cancel(net.ErrClosed) })
+	defer stop()
+	h.serve(s.ctx, s)
+	cancel(nil)
+	_ = c.Close(websocket.StatusNormalClosure, "")
+}
+
+// resumeReq is what a client asks for when it opens a link.
+type resumeReq struct {
+	ok     bool
+	id     [16]byte
+	secret [16]byte
+	ack    uint64
+}
+
+func parseResume(id, secret, ack string) (resumeReq, error) {
+	var rr resumeReq
+	if id == "" {
+		return rr, nil
+	}
+	if err := decodeID(id, &rr.id); err != nil {
+		return rr, fmt.Errorf("tether: malformed session id")
+	}
+	if err := decodeID(secret, &rr.secret); err != nil {
+		return rr, fmt.Errorf("tether: malformed session secret")
+	}
+	if ack != "" {
+		n, err := strconv.ParseUint(ack, 10, 64)
+		if err != nil {
+			return rr, fmt.Errorf("tether: malformed ack")
+		}
+		rr.ack = n
+	}
+	rr.ok = true
+	return rr, nil
+}
+
+func decodeID(s string, dst *[16]byte) error {
+	if len(s) != 32 {
+		return errors.New("bad length")
+	}
+	_, err := hex.Decode(dst[:], []byte(s))
+	return err
+}
+
+var errTooManySessions = errors.New("tether: too many sessions")
+
+// openSession resumes the session rr names or, when there is none, opens a
+// new one; status says which. With reader set, the Handler counts one more
+// goroutine (the link's reader) that the caller must mark done.
+func (h *Handler) openSession(rr resumeReq, reader bool) (*Session, frame.Status, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, 0, fmt.Errorf("tether: handler closed: %w", net.ErrClosed)
+	}
+	status := frame.StatusNew
+	if rr.ok {
+		s := h.sessions[rr.id]
+		if s != nil && subtle.ConstantTimeCompare(s.secret[:], rr.secret[:]) == 1 && !s.isEnded() {
+			if reader {
+				h.wg.Add(1)
+			}
+			return s, frame.StatusResumed, nil
+		}
+		if ts, ok := h.tombstones[rr.id]; ok && subtle.ConstantTimeCompare(ts.secret[:], rr.secret[:]) == 1 {
+			return nil, 0, &tombstoneError{code: ts.code, reason: ts.reason}
+		}
+		status = frame.StatusLost
+	}
+	if len(h.sessions) >= h.opts.maxSessions {
+		return nil, 0, errTooManySessions
+	}
+	s := newSession(h)
+	h.sessions[s.id] = s
+	if reader {
+		h.wg.Add(1)
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.serve(s.ctx, s)
+		s.end(websocket.StatusNormalClosure, "", errSessionDone)
+	}()
+	return s, status, nil
+}
+
+func (h *Handler) lookup(id [16]byte, secret [16]byte) *Session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := h.sessions[id]
+	if s == nil || subtle.ConstantTimeCompare(s.secret[:], secret[:]) != 1 {
+		return nil
+	}
+	return s
+}
+
+// forget removes an ended session, leaving a tombstone for a while so that
+// a client that comes back learns how the session ended.
+func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sessions[s.id] != s {
+		return
+	}
+	delete(h.sessions, s.id)
+	now := time.Now()
+	for id, ts := range h.tombstones {
+		if now.After(ts.until) {
+			delete(h.tombstones, id)
+		}
+	}
+	if len(h.tombstones) < h.opts.maxSessions {
+		h.tombstones[s.id] = tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}
+	}
+}
+
+// tombstone remembers how a session ended.
+type tombstone struct {
+	secret [16]byte
+	code   websocket.StatusCode
+	reason string
+	until  time.Time
+}
+
+// tombstoneError is the answer to a resume of an ended session.
+type tombstoneError struct {
+	code   websocket.StatusCode
+	reason string
+}
+
+func (e *tombstoneError) Error() string {
+	return "tether: session ended with " + e.code.String()
+}
+
+// Session is one client of a Handler, across links and transports. Read,
+// Write and Close may be called from any goroutine; Read calls are served
+// one at a time.
+type Session struct {
+	h      *Handler
+	id     [16]byte
+	secret [16]byte
+	idStr  string
+	plain  *websocket.Conn // plain mode: the client's only connection
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	seq   *seqState     // numbering and replay; seq.mu orders transmissions
+	inbox chan message  // delivered messages, in order
+	read  chan struct{} // one Read at a time
+
+	linkMu    sync.Mutex // guards the fields below
+	ws        *websocket.Conn
+	wsDone    chan struct{} // closed when ws's reader has returned
+	poll      *pollLink
+	transport Transport
+	ttl       *time.Timer
+	ackTimer  *time.Timer
+	ackArmed  bool
+	ended     bool
+	endErr    error
+}
+
+func newSession(h *Handler) *Session {
+	s := &Session{h: h, seq: newSeqState(h.opts.replayBytes), inbox: make(chan message, h.opts.inbox), read: make(chan struct{}, 1)}
+	_, _ = rand.Read(s.id[:])
+	_, _ = rand.Read(s.secret[:])
+	s.idStr = hex.EncodeToString(s.id[:])
+	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.ttl = time.AfterFunc(h.opts.sessionTTL, s.expire)
+	s.ackTimer = time.AfterFunc(time.Hour, s.sendDelayedAck)
+	s.ackTimer.Stop()
+	return s
+}
+
+// ID returns the session id (32 hex digits; "plain-" and 16 hex digits for a
+// plain WebSocket client).
+func (s *Session) ID() string { return s.idStr }
+
+// Transport returns the transport of the session's current (or last) link.
+func (s *Session) Transport() Transport {
+	if s.plain != nil {
+		return WebSocket
+	}
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	return s.transport
+}
+
+// Read returns the client's next message. It fails when ctx ends or the
+// session has ended: with ErrSessionLost when the client did not come back
+// in time, with a websocket.CloseError when the client closed.
+func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	if s.plain != nil {
+		return s.plain.Read(ctx)
+	}
+	select {
+	case s.read <- struct{}{}:
+	case <-ctx.Done():
+		return 0, nil, fmt.Errorf("tether: session read: %w", ctx.Err())
+	}
+	defer func() { <-s.read }()
+	select {
+	case m := <-s.inbox:
+		return m.typ, m.p, nil
+	default:
+	}
+	select {
+	case m := <-s.inbox:
+		return m.typ, m.p, nil
+	case <-ctx.Done():
+		return 0, nil, fmt.Errorf("tether: session read: %w", ctx.Err())
+	case <-s.ctx.Done():
+		select {
+		case m := <-s.inbox:
+			return m.typ, m.p, nil
+		default:
+		}
+		return 0, nil, s.endError()
+	}
+}
+
+// Write sends a message to the client. While the client is away it is kept
+// for replay; while the client is connected but slow to acknowledge, Write
+// waits for room in the replay buffer or for ctx to end.
+func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	if s.plain != nil {
+		return s.plain.Write(ctx, typ, p)
+	}
+	s.seq.mu.Lock()
+	defer s.seq.mu.Unlock()
+	for {
+		if s.isEnded() {
+			return s.endError()
+		}
+		f, ok := s.seq.add(typ, p)
+		if ok {
+			s.transmit(&f)
+			return nil
+		}
+		if !s.hasLink() {
+			err := fmt.Errorf("tether: session %s: replay buffer full while the client is away: %w", s.idStr, ErrSessionLost)
+			s.seq.mu.Unlock()
+			s.end(websocket.StatusPolicyViolation, "replay buffer overflow", err)
+			s.seq.mu.Lock()
+			return err
+		}
+		if err := s.seq.waitRoom(ctx, s.ctx.Done()); err != nil {
+			if errors.Is(err, errSessionDone) {
+				return s.endError()
+			}
+			return fmt.Errorf("tether: session write: %w", err)
+		}
+	}
+}
+
+// Close ends the session: the client's Conn is closed with code and reason
+// and does not reconnect.
+func (s *Session) Close(code websocket.StatusCode, reason string) error {
+	if s.plain != nil {
+		return s.plain.Close(code, reason)
+	}
+	if s.isEnded() {
+		return fmt.Errorf("tether: session close: %w", net.ErrClosed)
+	}
+	s.end(code, reason, fmt.Errorf("tether: session closed: %w", net.ErrClosed))
+	return nil
+}
+
+func (s *Session) isEnded() bool {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	return s.ended
+}
+
+func (s *Session) hasLink() bool {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	return s.ws != nil || s.poll != nil
+}
+
+func (s *Session) endError() error {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	if s.endErr == nil {
+		return errSessionDone
+	}
+	return s.endErr
+}
+
+// transmit sends f on the current link, if any; s.seq.mu is held, which
+// keeps frames in sequence order. A failed send leaves f for replay.
+func (s *Session) transmit(f *frame.Frame) {
+	s.linkMu.Lock()
+	ws, poll := s.ws, s.poll
+	s.linkMu.Unlock()
+	switch {
+	case ws != nil:
+		if err := ws.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, f)); err != nil {
+			_ = ws.CloseNow()
+		}
+	case poll != nil:
+		poll.notify()
+	}
+}
+
+// attachWS makes c the session's link: the old link is closed and its
+// reader gone first, then the client is greeted and everything it has not
+// acknowledged is replayed.
+func (s *Session) attachWS(c *websocket.Conn, done chan struct{}, status frame.Status, clientAck uint64) error {
+	s.detach()
+	s.seq.mu.Lock()
+	defer s.seq.mu.Unlock()
+	if s.isEnded() {
+		return s.endError()
+	}
+	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.recv}
+	if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &hello)); err != nil {
+		return err
+	}
+	for _, f := range s.seq.unacked(clientAck) {
+		if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &f)); err != nil {
+			return err
+		}
+	}
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	s.ws, s.wsDone, s.transport = c, done, WebSocket
+	s.ttl.Stop()
+	return nil
+}
+
+// detach closes the current link and waits until nothing reads it.
+func (s *Session) detach() {
+	s.linkMu.Lock()
+	ws, done, poll := s.ws, s.wsDone, s.poll
+	s.ws, s.wsDone, s.poll = nil, nil, nil
+	s.linkMu.Unlock()
+	if ws != nil {
+		_ = ws.CloseNow()
+		<-done
+	}
+	if poll != nil {
+		poll.stop()
+	}
+}
+
+// readWS reads the client's frames from c until it fails. It runs on the
+// handshake's goroutine.
+func (s *Session) readWS(c *websocket.Conn, done chan struct{}) {
+	defer s.h.wg.Done()
+	defer close(done)
+	for {
+		typ, b, err := c.Read(context.Background())
+		if err != nil {
+			s.linkLost(c, err)
+			return
+		}
+		if typ != websocket.MessageBinary {
+			_ = c.Close(websocket.StatusUnsupportedData, "tether.v1 frames are binary")
+			s.linkLost(c, errors.New("text message on a tether.v1 link"))
+			return
+		}
+		f, err := frame.Decode(b)
+		if err == nil {
+			err = s.receive(&f)
+		}
+		if err != nil {
+			_ = c.Close(websocket.StatusProtocolError, "bad frame")
+			s.linkLost(c, err)
+			return
+		}
+	}
+}
+
+// receive handles one frame from the client, whichever transport.
+func (s *Session) receive(f *frame.Frame) error {
+	switch f.Kind {
+	case frame.Data, frame.Ack:
+	case frame.Close:
+		s.end(websocket.StatusCode(f.Code), f.Reason, websocket.CloseError{Code: websocket.StatusCode(f.Code), Reason: f.Reason})
+		return nil
+	default:
+		return fmt.Errorf("tether: unexpected %v frame from client", f.Kind)
+	}
+	s.seq.mu.Lock()
+	deliver, err := s.seq.receive(f)
+	ackNow := deliver && s.seq.needAck(ackEvery)
+	s.seq.mu.Unlock()
+	if err != nil || !deliver {
+		return err
+	}
+	m := message{typ: msgType(f.Binary), p: append([]byte(nil), f.Payload...)}
+	select {
+	case s.inbox <- m:
+	case <-s.ctx.Done():
+		return nil
+	}
+	if ackNow {
+		s.sendAck()
+	} else {
+		s.armAck()
+	}
+	return nil
+}
+
+// armAck schedules a delayed ack-only frame, once per window.
+func (s *Session) armAck() {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	if !s.ackArmed && !s.ended {
+		s.ackArmed = true
+		s.ackTimer.Reset(ackDelay)
+	}
+}
+
+// ackDelay is how long a side waits for outgoing traffic to carry an ack
+// before it sends an ack-only frame.
+const ackDelay = 20 * time.Millisecond
+
+func (s *Session) sendDelayedAck() {
+	s.linkMu.Lock()
+	s.ackArmed = false
+	s.linkMu.Unlock()
+	s.sendAck()
+}
+
+// sendAck sends an ack-only frame if anything is unacknowledged.
+func (s *Session) sendAck() {
+	s.seq.mu.Lock()
+	defer s.seq.mu.Unlock()
+	if s.seq.recv == s.seq.ackSent {
+		return
+	}
+	f := s.seq.ackFrame()
+	s.transmit(&f)
+}
+
+// linkLost handles the end of a WebSocket link: unless a newer link took
+// its place, the session waits for the client to come back, or ends if the
+// client closed its Conn.
+func (s *Session) linkLost(c *websocket.Conn, err error) {
+	s.linkMu.Lock()
+	if s.ws != c || s.ended {
+		s.linkMu.Unlock()
+		return
+	}
+	s.ws, s.wsDone = nil, nil
+	s.ttl.Reset(s.h.opts.sessionTTL)
+	s.linkMu.Unlock()
+	s.h.log.Debug("link lost", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
+	var ce websocket.CloseError
+	if errors.As(err, &ce) && ce.Code == websocket.StatusNormalClosure {
+		s.end(websocket.StatusNormalClosure, "", ce)
+	}
+}
+
+// expire ends a session whose client did not come back within the TTL.
+func (s *Session) expire() {
+	s.linkMu.Lock()
+	ws, poll := s.ws, s.poll
+	s.linkMu.Unlock()
+	if ws != nil || (poll != nil && poll.busy()) {
+		return
+	}
+	s.end(websocket.StatusGoingAway, "session expired", fmt.Errorf("tether: session %s expired: %w", s.idStr, ErrSessionLost))
+}
+
+// end ends the session once: its serve ctx is cancelled, Read and Write fail
+// with err, and the client is told with code and reason.
+func (s *Session) end(code websocket.StatusCode, reason string, err error) {
+	s.linkMu.Lock()
+	if s.ended {
+		s.linkMu.Unlock()
+		return
+	}
+	s.ended, s.endErr = true, err
+	ws, done, poll := s.ws, s.wsDone, s.poll
+	s.ws, s.wsDone, s.poll = nil, nil, nil
+	s.ttl.Stop()
+	s.ackTimer.Stop()
+	s.linkMu.Unlock()
+	s.cancel(err)
+	s.h.forget(s, code, reason)
+	if ws != nil {
+		_ = ws.Close(code, reason)
+		_ = done
+	}
+	if poll != nil {
+		poll.closeWith(code, reason)
+	}
+}

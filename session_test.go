@@ -1,0 +1,191 @@
+package tether_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tetherws/tether"
+)
+
+// sessionServer is a tether.Handler on a real HTTP server on 127.0.0.1.
+type sessionServer struct {
+	h   *tether.Handler
+	srv *httptest.Server
+	mu  sync.Mutex
+	// blockUpgrade makes the server answer WebSocket handshakes like a proxy
+	// that does not pass Upgrade.
+	blockUpgrade bool
+}
+
+func newSessionServer(t *testing.T, serve func(ctx context.Context, s *tether.Session), opts ...tether.HandlerOption) *sessionServer {
+	t.Helper()
+	ss := &sessionServer{h: tether.NewHandler(serve, opts...)}
+	ss.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ss.mu.Lock()
+		block := ss.blockUpgrade
+		ss.mu.Unlock()
+		if block {
+			r.Header.Del("Upgrade")
+			r.Header.Del("Connection")
+		}
+		ss.h.ServeHTTP(w, r)
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ss.srv.Listener = ln
+	ss.srv.Start()
+	t.Cleanup(func() {
+		require.NoError(t, ss.h.Close())
+		ss.srv.CloseClientConnections()
+		ss.srv.Close()
+	})
+	return ss
+}
+
+func (ss *sessionServer) URL() string { return "ws" + ss.srv.URL[len("http"):] }
+
+func (ss *sessionServer) Addr() string { return ss.srv.Listener.Addr().String() }
+
+func (ss *sessionServer) setBlock(on bool) {
+	ss.mu.Lock()
+	ss.blockUpgrade = on
+	ss.mu.Unlock()
+}
+
+func sessionEcho(ctx context.Context, s *tether.Session) {
+	for {
+		typ, p, err := s.Read(ctx)
+		if err != nil {
+			return
+		}
+		if err := s.Write(ctx, typ, p); err != nil {
+			return
+		}
+	}
+}
+
+func TestSessionEcho(t *testing.T) {
+	t.Parallel()
+	ss := newSessionServer(t, sessionEcho)
+	c := dial(t, ss.URL())
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	ctx := ctxT(t, 10*time.Second)
+	for i := range 50 {
+		msg := []byte("m" + strconv.Itoa(i))
+		require.NoError(t, c.Write(ctx, websocket.MessageText, msg))
+		typ, got, err := c.Read(ctx)
+		require.NoError(t, err)
+		require.Equal(t, websocket.MessageText, typ)
+		require.Equal(t, msg, got)
+	}
+	require.NoError(t, c.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool { return ss.h.Sessions() == 0 }, 5*time.Second, 5*time.Millisecond)
+}
+
+// A plain WebSocket client, which does not offer tether.v1, gets a Session
+// over its connection as it is.
+func TestHandlerServesPlainClients(t *testing.T) {
+	t.Parallel()
+	ss := newSessionServer(t, sessionEcho)
+	ctx := ctxT(t, 10*time.Second)
+	ws, _, err := websocket.Dial(ctx, ss.URL(), nil)
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	require.Equal(t, "", ws.Subprotocol())
+	require.NoError(t, ws.Write(ctx, websocket.MessageText, []byte("plain")))
+	_, got, err := ws.Read(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "plain", string(got))
+	require.NoError(t, ws.Close(websocket.StatusNormalClosure, ""))
+}
+
+// streams runs numbered messages both ways at once and checks that each
+// side gets every message exactly once, in order. While the client reads,
+// disrupt is called after every `every` messages.
+func streams(t *testing.T, c *tether.Conn, got chan string, n, every int, disrupt func()) {
+	t.Helper()
+	ctx := ctxT(t, 60*time.Second)
+	errc := make(chan error, 1)
+	go func() {
+		for i := 1; i <= n; i++ {
+			if err := c.Write(ctx, websocket.MessageText, []byte(strconv.Itoa(i))); err != nil {
+				errc <- err
+				return
+			}
+			if i%every == 0 {
+				time.Sleep(time.Millisecond) // let the server's stream interleave
+			}
+		}
+		errc <- nil
+	}()
+	for i := 1; i <= n; i++ {
+		_, p, err := c.Read(ctx)
+		require.NoError(t, err)
+		require.Equal(t, "s"+strconv.Itoa(i), string(p), "client stream out of order")
+		if disrupt != nil && i%every == 0 {
+			disrupt()
+		}
+	}
+	require.NoError(t, <-errc)
+	for i := 1; i <= n; i++ {
+		select {
+		case m := <-got:
+			require.Equal(t, strconv.Itoa(i), m, "server stream out of order")
+		case <-ctx.Done():
+			t.Fatalf("server got %d of %d messages", i-1, n)
+		}
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("server got an extra message %q", m)
+	default:
+	}
+}
+
+// numbered is a session server that records what it reads and sends n
+// numbered messages of its own.
+func numbered(n int, got chan string) func(ctx context.Context, s *tether.Session) {
+	return func(ctx context.Context, s *tether.Session) {
+		go func() {
+			for i := 1; i <= n; i++ {
+				if s.Write(ctx, websocket.MessageText, []byte("s"+strconv.Itoa(i))) != nil {
+					return
+				}
+			}
+		}()
+		for {
+			_, p, err := s.Read(ctx)
+			if err != nil {
+				return
+			}
+			got <- string(p)
+		}
+	}
+}
+
+// Repeated TCP resets on WebSocket: every message both ways exactly once.
+func TestSessionExactlyOnceThroughResets(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	got := make(chan string, n+10)
+	ss := newSessionServer(t, numbered(n, got))
+	p, err := faultnetListen(ss.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	ev := newEvents()
+	c := dial(t, "ws://"+p.Addr(), ev.option())
+	streams(t, c, got, n, 200, p.Reset)
+	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(5))
+	for _, sc := range ev.list() {
+		require.NotErrorIs(t, sc.Cause, tether.ErrSessionLost)
+	}
+}
