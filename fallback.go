@@ -124,7 +124,8 @@ type pollTransport struct {
 	base   *url.URL
 	sid    string
 	secret string
-	ack    func() uint64
+	ack    func() uint64 // the session's receive position
+	onAck  func(uint64)  // applies the server's acknowledgement
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -176,9 +177,10 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 }
 
 // start runs the poller and the sender; ack reports the session's receive
-// position for each poll.
-func (t *pollTransport) start(ack func() uint64) {
-	t.ack = ack
+// position for each poll, and onAck takes the acknowledgements that answer
+// each send.
+func (t *pollTransport) start(ack func() uint64, onAck func(uint64)) {
+	t.ack, t.onAck = ack, onAck
 	t.wg.Add(2)
 	go t.poll()
 	go t.send()
@@ -314,11 +316,7 @@ func (t *pollTransport) send() {
 				return
 			}
 			for _, a := range acks {
-				select {
-				case t.frames <- a:
-				case <-t.ctx.Done():
-					return
-				}
+				t.onAck(a.Ack)
 			}
 			fs = fs[n:]
 		}

@@ -116,6 +116,12 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 				blocked = 0
 			}
 		}
+		var he *HandshakeError
+		if c.onPolling() && errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500 &&
+			he.StatusCode != http.StatusTooManyRequests {
+			// The polling path answers but refuses: try WebSocket again.
+			c.setPolling(false)
+		}
 		retry := c.shouldRetry(err)
 		c.logf(slog.LevelWarn, "connect attempt failed", WebSocket, attempt, slog.Bool("retry", retry), slog.Any("err", err))
 		if !retry {
@@ -302,10 +308,15 @@ func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
 	if err != nil {
 		return nil, err
 	}
+	seq := sl.s.seq
 	t.start(func() uint64 {
-		sl.s.seq.mu.Lock()
-		defer sl.s.seq.mu.Unlock()
-		return sl.s.seq.recv
+		seq.mu.Lock()
+		defer seq.mu.Unlock()
+		return seq.recv
+	}, func(ack uint64) {
+		seq.mu.Lock()
+		defer seq.mu.Unlock()
+		seq.acked(ack)
 	})
 	l := newLiveLink(c.ctx, sl, Polling)
 	sl.live = l

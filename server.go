@@ -307,8 +307,9 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	seq   *seqState     // numbering and replay; seq.mu orders transmissions
-	inbox chan message  // delivered messages, in order
+	seq    *seqState    // numbering and replay; seq.mu orders transmissions
+	recvMu sync.Mutex   // one receiver at a time, even while links change
+	inbox  chan message // delivered messages, in order
 	read  chan struct{} // one Read at a time
 
 	linkMu    sync.Mutex // guards the fields below
@@ -535,8 +536,12 @@ func (s *Session) readWS(c *websocket.Conn, done chan struct{}) {
 	}
 }
 
-// receive handles one frame from the client, whichever transport.
+// receive handles one frame from the client, whichever transport. Frames
+// are numbered and delivered under recvMu, so that an old link's last
+// request and a new link's first frames cannot overtake each other.
 func (s *Session) receive(f *frame.Frame) error {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
 	switch f.Kind {
 	case frame.Data, frame.Ack:
 	case frame.Close:
