@@ -156,6 +156,12 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 	}
 	hc := c.pollHTTPClient()
 	fs, err := doPoll(hc, req, 1)
+	var ps *pollStatusError
+	if errors.As(err, &ps) {
+		// Opening is the polling handshake: its status is classified like a
+		// WebSocket handshake's.
+		err = &HandshakeError{StatusCode: ps.status, RetryAfter: ps.retryAfter, Err: err}
+	}
 	if err != nil {
 		return nil, frame.Frame{}, err
 	}
@@ -198,13 +204,26 @@ func doPoll(hc *http.Client, req *http.Request, maxFrames int) ([]frame.Frame, e
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, &HandshakeError{
-			StatusCode: resp.StatusCode,
-			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-			Err:        fmt.Errorf("tether: polling %s answered %s", req.URL.Query().Get(pollParam), resp.Status),
+		return nil, &pollStatusError{
+			op:         req.URL.Query().Get(pollParam),
+			status:     resp.StatusCode,
+			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	}
 	return frame.DecodeBatch(body, maxFrames, DefaultMaxBody)
+}
+
+// pollStatusError is a polling request answered with a status other than
+// 200. Mid-session it fails the link (the session may have moved or ended),
+// and the Conn reconnects.
+type pollStatusError struct {
+	op         string
+	status     int
+	retryAfter time.Duration
+}
+
+func (e *pollStatusError) Error() string {
+	return "tether: polling " + e.op + " answered " + strconv.Itoa(e.status) + " " + http.StatusText(e.status)
 }
 
 func (t *pollTransport) request(ctx context.Context, method, op string, body []byte) (*http.Request, error) {
@@ -257,8 +276,8 @@ func (t *pollTransport) retry(method, op string, body []byte, timeout time.Durat
 			return nil, t.ctx.Err()
 		}
 		last = err
-		var he *HandshakeError
-		if errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500 {
+		var ps *pollStatusError
+		if errors.As(err, &ps) && ps.status >= 400 && ps.status < 500 {
 			break
 		}
 	}
