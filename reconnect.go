@@ -89,6 +89,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			}
 		}
 		c.stats.dials.Add(1)
+		viaPolling := c.onPolling()
 		l, err := c.attempt(ctx)
 		if err == nil {
 			if from == Reconnecting {
@@ -103,7 +104,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 		}
 		lastErr = err
 		c.stats.countFailure(err)
-		if c.opts.fallback && !c.onPolling() {
+		if c.opts.fallback && !viaPolling {
 			if blocksWebSocket(err) {
 				blocked++
 			} else {
@@ -117,7 +118,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			}
 		}
 		var he *HandshakeError
-		if c.onPolling() && errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500 &&
+		if viaPolling && errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500 &&
 			he.StatusCode != http.StatusTooManyRequests {
 			// The polling path answers but refuses: try WebSocket again.
 			c.setPolling(false)
