@@ -62,7 +62,7 @@ type Conn struct {
 	sess       *clientSession // session mode: the session, kept across links
 	polling    bool           // the Conn has fallen back to long polling
 	pollURL    *url.URL
-	probes     chan *probeResult // a successful WebSocket probe, while polling
+	probes     chan *dialed // a successful WebSocket probe, while polling
 
 	fallbackCause error // why the Conn moved to polling; supervisor only
 
@@ -108,7 +108,7 @@ func newConn(u string, o *options) *Conn {
 		opts:      o,
 		done:      make(chan struct{}),
 		readSem:   make(chan struct{}, 1),
-		probes:    make(chan *probeResult, 1),
+		probes:    make(chan *dialed, 1),
 		readLimit: o.readLimit,
 	}
 	c.log = o.logger.With(slog.String("conn_id", c.id))
@@ -116,7 +116,7 @@ func newConn(u string, o *options) *Conn {
 	c.queue.max = o.queueBytes
 	c.rd.up = make(chan struct{})
 	c.rd.handoff = make(chan message, 1)
-	c.rd.idleAfter = readerIdle(o.hbInterval)
+	c.rd.idleAfter = readerIdle
 	c.rd.watchdog = time.AfterFunc(time.Hour, c.watch)
 	c.rd.watchdog.Stop()
 	c.stateSince = time.Now()

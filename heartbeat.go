@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
-	"github.com/coder/websocket"
 )
 
 type pingResult struct {
@@ -40,38 +38,33 @@ func (c *Conn) heartbeat(l *liveLink) error {
 	return c.heartbeatLoop(l, t, interval, c.opts.hbTimeout)
 }
 
+// maxPingsInFlight bounds the ping goroutines of one link when pongs do not
+// come back.
+const maxPingsInFlight = 64
+
+// pingWait is how long one ping waits for its pong. coder/websocket closes a
+// link whose ping ctx ends while the frame is still being written, and caps
+// control frame writes at 5 s itself, so a ping's ctx never ends sooner than
+// that: a tight interval or timeout cannot kill a link that is merely slow
+// to take a frame. The heartbeat judges the timeout on its own clock.
+func pingWait(interval, timeout time.Duration) time.Duration {
+	return max(interval, timeout, 5*time.Second)
+}
+
 func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.Duration) error {
-	results := make(chan pingResult, 2)
-	inflight := 0
-	maxInflight := 1
-	wait := timeout
-	if timeout == 0 {
-		// No timeout: each ping waits one interval, and the next goes out
-		// whether or not the last was answered.
-		wait, maxInflight = interval, 2
-	}
+	results := make(chan pingResult, maxPingsInFlight)
+	wait := pingWait(interval, timeout)
+	var (
+		inflight int
+		lastPing time.Time // when the last ping went out
+		oldest   time.Time // the first ping unanswered since the last sign of life
+	)
 	for {
 		select {
 		case <-c.ctx.Done():
 			return errClosedLocally
 		case <-l.dead:
 			return l.err
-		case <-t.C:
-			quiet := time.Since(l.lastSeen())
-			switch {
-			case quiet < interval:
-				// Inbound traffic is proof of life: wait for a quiet interval.
-				t.Reset(interval - quiet)
-				continue
-			case inflight >= maxInflight, c.rd.stalled():
-				t.Reset(interval)
-				continue
-			}
-			inflight++
-			c.stats.pingsSent.Add(1)
-			l.wg.Add(1)
-			go c.ping(l, wait, results)
-			t.Reset(interval)
 		case r := <-results:
 			inflight--
 			switch {
@@ -81,17 +74,51 @@ func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.
 				c.stats.recordRTT(r.rtt)
 			case l.ctx.Err() != nil || l.failed():
 				// The link went away under the ping; l.dead says why.
-			case !errors.Is(r.err, context.DeadlineExceeded):
+			case errors.Is(r.err, context.DeadlineExceeded):
 				c.stats.pingsFailed.Add(1)
-				l.fail(r.err)
 			default:
 				c.stats.pingsFailed.Add(1)
-				if timeout > 0 && !l.lastSeen().After(r.start) && !c.rd.stalled() {
-					c.logf(slog.LevelWarn, "no pong within the heartbeat timeout", l.transport, 0, slog.Duration("timeout", timeout))
-					l.fail(ErrHeartbeatTimeout)
-				}
+				l.fail(r.err)
 			}
+			continue
+		case <-t.C:
 		}
+		now := time.Now()
+		seen := l.lastSeen()
+		if !oldest.IsZero() && seen.After(oldest) {
+			oldest = time.Time{} // the link has shown life since
+		}
+		if timeout > 0 && !oldest.IsZero() && now.Sub(oldest) >= timeout {
+			if !c.rd.stalled() {
+				c.stats.pingsFailed.Add(1)
+				c.logf(slog.LevelWarn, "no pong within the heartbeat timeout", l.transport, 0, slog.Duration("timeout", timeout))
+				l.fail(ErrHeartbeatTimeout)
+				continue
+			}
+			oldest = time.Time{} // the application is not reading: do not judge
+		}
+		// Inbound traffic is proof of life: ping only a link quiet for an
+		// interval, and at most once an interval.
+		next := seen.Add(interval)
+		if lastPing.Add(interval).After(next) {
+			next = lastPing.Add(interval)
+		}
+		if !now.Before(next) && inflight < maxPingsInFlight && !c.rd.stalled() {
+			inflight++
+			lastPing = now
+			if oldest.IsZero() {
+				oldest = now
+			}
+			c.stats.pingsSent.Add(1)
+			l.wg.Add(1)
+			go c.ping(l, wait, results)
+			next = now.Add(interval)
+		}
+		d := next.Sub(now)
+		if timeout > 0 && !oldest.IsZero() {
+			d = min(d, oldest.Add(timeout).Sub(now))
+		}
+		t.Reset(max(d, time.Millisecond))
 	}
 }
 
@@ -108,11 +135,6 @@ func (c *Conn) ping(l *liveLink, wait time.Duration, results chan<- pingResult) 
 // errUpgrade ends the watch of a polling link when a WebSocket probe got
 // through.
 var errUpgrade = errors.New("tether: WebSocket is back")
-
-type probeResult struct {
-	ws   *websocket.Conn
-	resp *http.Response
-}
 
 // watchPolling watches a long-polling link (its polls are its heartbeat) and
 // probes WebSocket in the background with backoff; when a probe gets
@@ -144,13 +166,13 @@ func (c *Conn) watchPolling(l *liveLink) error {
 // probe tries one WebSocket handshake that resumes the session.
 func (c *Conn) probe(l *liveLink, results chan<- error) {
 	defer l.wg.Done()
-	ws, resp, err := c.dial(l.ctx)
-	if err == nil && (ws.Subprotocol() != Subprotocol || resp == nil || resp.Header.Get(headerProtocol) != Subprotocol) {
-		_ = ws.CloseNow()
+	d, err := c.dial(l.ctx)
+	if err == nil && (d.ws.Subprotocol() != Subprotocol || d.resp == nil || d.resp.Header.Get(headerProtocol) != Subprotocol) {
+		_ = d.ws.CloseNow()
 		err = errors.New("tether: probe: the server did not take up session mode")
 	}
 	if err == nil {
-		c.probes <- &probeResult{ws: ws, resp: resp}
+		c.probes <- d
 	}
 	results <- err
 }

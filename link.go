@@ -41,6 +41,10 @@ type liveLink struct {
 	wg sync.WaitGroup
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last inbound message or pong
+
+	// watch, when tether made the socket, lets a Read with a cancellable
+	// ctx read on the caller's goroutine (see interrupt.go).
+	watch *watchConn
 }
 
 func newLiveLink(parent context.Context, l link, t Transport) *liveLink {

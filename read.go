@@ -48,17 +48,9 @@ type reader struct {
 }
 
 // readerIdle is how long the link may go unread after a Read returns before
-// the background reader takes over.
-func readerIdle(hb time.Duration) time.Duration {
-	d := hb / 10
-	if d <= 0 || d > 50*time.Millisecond {
-		d = 50 * time.Millisecond
-	}
-	if d < time.Millisecond {
-		d = time.Millisecond
-	}
-	return d
-}
+// the background reader takes over: long enough for a loop to come back to
+// Read, short enough that pongs, close frames and resets are seen at once.
+const readerIdle = 5 * time.Millisecond
 
 // Read reads the next data message. It rides through reconnects and returns
 // an error only when the Conn is closed for good, or when ctx ends. Ending ctx
@@ -116,11 +108,13 @@ func (c *Conn) read(ctx context.Context) message {
 			r.mu.Lock()
 			continue
 		}
-		if r.bg || cancellable {
+		if r.bg || (cancellable && l.watch == nil) {
 			if !r.bg {
 				c.startBackgroundReader(l)
 			}
-			m, ok := r.await(ctx, !cancellable)
+			// After this message, a caller that can read on its own
+			// goroutine takes over from the background reader.
+			m, ok := r.await(ctx, !cancellable || l.watch != nil)
 			if ok {
 				return r.leave(m)
 			}
@@ -129,12 +123,36 @@ func (c *Conn) read(ctx context.Context) message {
 
 		r.direct = true
 		r.mu.Unlock()
-		typ, p, err := l.Read(context.Background())
+		var (
+			typ         websocket.MessageType
+			p           []byte
+			err         error
+			interrupted bool
+		)
+		if cancellable {
+			// ctx may end while we wait: the watchConn interrupts the read
+			// if, and only if, no frame has begun (see interrupt.go).
+			w := l.watch
+			gen := w.guard()
+			stop := context.AfterFunc(ctx, func() { w.interrupt(gen) })
+			typ, p, err = l.Read(context.Background())
+			stop()
+			interrupted = w.unguard()
+		} else {
+			typ, p, err = l.Read(context.Background())
+		}
 		r.mu.Lock()
 		r.direct = false
 		if err == nil {
 			l.touch()
 			return r.leave(message{typ: typ, p: p})
+		}
+		if interrupted {
+			// The link is intact: nothing of a frame had been read.
+			if ctx.Err() != nil {
+				return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
+			}
+			continue
 		}
 		r.clearLinkLocked(l)
 		r.mu.Unlock()

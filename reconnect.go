@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -150,7 +151,7 @@ func (c *Conn) connectCause(l *liveLink) error {
 
 // takeProbe returns a WebSocket that a probe opened while the Conn was on
 // long polling, if any.
-func (c *Conn) takeProbe() *probeResult {
+func (c *Conn) takeProbe() *dialed {
 	select {
 	case p := <-c.probes:
 		return p
@@ -161,8 +162,8 @@ func (c *Conn) takeProbe() *probeResult {
 
 // upgrade moves the session from long polling back onto the WebSocket a
 // probe opened.
-func (c *Conn) upgrade(p *probeResult) (*liveLink, error) {
-	l, err := c.adopt(c.ctx, p.ws, p.resp)
+func (c *Conn) upgrade(p *dialed) (*liveLink, error) {
+	l, err := c.adopt(c.ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -229,10 +230,9 @@ func (c *Conn) attempt(ctx context.Context) (*liveLink, error) {
 	if c.onPolling() {
 		l, err = c.openPolling(ctx)
 	} else {
-		var ws *websocket.Conn
-		var resp *http.Response
-		if ws, resp, err = c.dial(ctx); err == nil {
-			l, err = c.adopt(ctx, ws, resp)
+		var d *dialed
+		if d, err = c.dial(ctx); err == nil {
+			l, err = c.adopt(ctx, d)
 		}
 	}
 	if err != nil {
@@ -264,14 +264,17 @@ func (c *Conn) bringUp(ctx context.Context, l *liveLink) error {
 
 // adopt turns a fresh WebSocket into a link: in session mode it takes the
 // server's Hello and resumes the session.
-func (c *Conn) adopt(ctx context.Context, ws *websocket.Conn, resp *http.Response) (*liveLink, error) {
+func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
+	ws, resp := d.ws, d.resp
 	c.mu.Lock()
 	limit := c.readLimit
 	c.subproto = ws.Subprotocol()
 	c.mu.Unlock()
 	if ws.Subprotocol() != Subprotocol || resp == nil || resp.Header.Get(headerProtocol) != Subprotocol {
 		ws.SetReadLimit(limit)
-		return newLiveLink(c.ctx, ws, WebSocket), nil
+		l := newLiveLink(c.ctx, ws, WebSocket)
+		l.watch = d.watch
+		return l, nil
 	}
 	if limit >= 0 {
 		limit += 64 // room for the frame header
@@ -295,6 +298,7 @@ func (c *Conn) adopt(ctx context.Context, ws *websocket.Conn, resp *http.Respons
 		return nil, err
 	}
 	l := newLiveLink(c.ctx, sl, WebSocket)
+	l.watch = d.watch
 	sl.live = l
 	return l, nil
 }
@@ -355,8 +359,15 @@ func (c *Conn) addHeaders(ctx context.Context, h http.Header) error {
 	return nil
 }
 
+// dialed is the outcome of a WebSocket handshake.
+type dialed struct {
+	ws    *websocket.Conn
+	resp  *http.Response
+	watch *watchConn // nil when the dial was not tether's own
+}
+
 // dial makes one WebSocket handshake, bounded by the handshake timeout.
-func (c *Conn) dial(ctx context.Context) (*websocket.Conn, *http.Response, error) {
+func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 	if d := c.opts.handshakeTimeout; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
@@ -366,6 +377,7 @@ func (c *Conn) dial(ctx context.Context) (*websocket.Conn, *http.Response, error
 		ws   *websocket.Conn
 		resp *http.Response
 		err  error
+		slot *watchSlot
 	)
 	if c.opts.dialFunc != nil {
 		ws, resp, err = c.opts.dialFunc(ctx, c.url)
@@ -379,7 +391,14 @@ func (c *Conn) dial(ctx context.Context) (*websocket.Conn, *http.Response, error
 			do.HTTPHeader = http.Header{}
 		}
 		if err := c.addHeaders(ctx, do.HTTPHeader); err != nil {
-			return nil, nil, err
+			return nil, err
+		}
+		if do.HTTPClient == nil {
+			if u, perr := url.Parse(c.url); perr == nil {
+				slot = &watchSlot{target: watchTarget(u)}
+				ctx = context.WithValue(ctx, watchKey{}, slot)
+				do.HTTPClient = watchClient
+			}
 		}
 		// Offered last: some servers pick the client's first subprotocol.
 		do.Subprotocols = append(append([]string(nil), do.Subprotocols...), Subprotocol)
@@ -387,18 +406,22 @@ func (c *Conn) dial(ctx context.Context) (*websocket.Conn, *http.Response, error
 	}
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, nil, &HandshakeError{
+			return nil, &HandshakeError{
 				StatusCode: resp.StatusCode,
 				RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 				Err:        err,
 			}
 		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-			return nil, nil, fmt.Errorf("tether: %w after %v: %w", errHandshakeTimeout, c.opts.handshakeTimeout, err)
+			return nil, fmt.Errorf("tether: %w after %v: %w", errHandshakeTimeout, c.opts.handshakeTimeout, err)
 		}
-		return nil, nil, fmt.Errorf("tether: dial: %w", err)
+		return nil, fmt.Errorf("tether: dial: %w", err)
 	}
-	return ws, resp, nil
+	d := &dialed{ws: ws, resp: resp}
+	if slot != nil {
+		d.watch = slot.conn
+	}
+	return d, nil
 }
 
 // shouldRetry applies the classification and the user's override.

@@ -307,10 +307,10 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	seq    *seqState    // numbering and replay; seq.mu orders transmissions
-	recvMu sync.Mutex   // one receiver at a time, even while links change
-	inbox  chan message // delivered messages, in order
-	read  chan struct{} // one Read at a time
+	seq    *seqState     // numbering and replay; seq.mu orders transmissions
+	recvMu sync.Mutex    // one receiver at a time, even while links change
+	inbox  chan message  // delivered messages, in order
+	read   chan struct{} // one Read at a time
 
 	linkMu    sync.Mutex // guards the fields below
 	ws        *websocket.Conn

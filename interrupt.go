@@ -1,0 +1,258 @@
+package tether
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// A Read whose ctx can be cancelled must return when ctx ends, but
+// coder/websocket closes a link whose Read ctx ends. Handing such Reads to a
+// background reader costs a goroutine wake-up per message. Instead, tether
+// dials through its own transport and wraps the socket in a watchConn, which
+// follows the WebSocket frames going by. When a caller's ctx ends while
+// coder/websocket waits for the first byte of a new frame, outside any
+// fragmented message, nothing has been consumed that a retry would need: the
+// watchConn sets a read deadline in the past, the blocked read fails with
+// errInterrupted, and the link is left exactly as it was.
+
+// errInterrupted is what a watchConn's Read returns when it was interrupted.
+var errInterrupted = &interruptedError{}
+
+type interruptedError struct{}
+
+func (*interruptedError) Error() string   { return "tether: read interrupted" }
+func (*interruptedError) Timeout() bool   { return true }
+func (*interruptedError) Temporary() bool { return true }
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// watchConn tracks, over the bytes the client has read, where the WebSocket
+// frames begin and end, so that a blocked read can be interrupted when that
+// is safe.
+type watchConn struct {
+	net.Conn
+
+	mu sync.Mutex
+	// Where the bytes delivered so far end: still in the HTTP response, in a
+	// frame header (hdr holds its first hdrN bytes), or in a payload.
+	inHTTP    bool
+	crlf      int // progress through "\r\n\r\n"
+	hdr       [14]byte
+	hdrN      int
+	payload   uint64 // payload bytes left in the current frame
+	inMessage bool   // a fragmented data message is open
+
+	guarded      bool   // a Read that may be interrupted is in progress
+	gen          uint64 // counts guarded Reads: a late interrupt is ignored
+	interrupting bool   // the read deadline is set in the past
+	interrupted  bool   // the guarded Read was interrupted
+}
+
+func newWatchConn(c net.Conn) *watchConn { return &watchConn{Conn: c, inHTTP: true} }
+
+func (w *watchConn) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	w.mu.Lock()
+	if n > 0 {
+		w.scan(p[:n])
+	}
+	if w.interrupting {
+		w.interrupting = false
+		_ = w.Conn.SetReadDeadline(time.Time{})
+		if n == 0 && isTimeout(err) {
+			w.interrupted = true
+			err = errInterrupted
+		}
+	}
+	w.mu.Unlock()
+	return n, err
+}
+
+// scan follows the frames in b, the next bytes of the stream.
+func (w *watchConn) scan(b []byte) {
+	for len(b) > 0 {
+		switch {
+		case w.inHTTP:
+			for i, c := range b {
+				if (c == '\r' && w.crlf%2 == 0) || (c == '\n' && w.crlf%2 == 1) {
+					w.crlf++
+				} else {
+					w.crlf = 0
+					if c == '\r' {
+						w.crlf = 1
+					}
+				}
+				if w.crlf == 4 {
+					w.inHTTP = false
+					b = b[i+1:]
+					break
+				}
+			}
+			if w.inHTTP {
+				return
+			}
+		case w.payload > 0:
+			k := uint64(len(b))
+			if k > w.payload {
+				k = w.payload
+			}
+			w.payload -= k
+			b = b[k:]
+		default:
+			w.hdr[w.hdrN] = b[0]
+			w.hdrN++
+			b = b[1:]
+			if need := w.headerLen(); w.hdrN == need {
+				w.endHeader()
+			}
+		}
+	}
+}
+
+// headerLen is the length of the frame header being read, as far as its
+// first bytes tell.
+func (w *watchConn) headerLen() int {
+	if w.hdrN < 2 {
+		return 2
+	}
+	n := 2
+	switch w.hdr[1] & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if w.hdr[1]&0x80 != 0 {
+		n += 4 // masked: not sent by servers, but followed all the same
+	}
+	return n
+}
+
+func (w *watchConn) endHeader() {
+	fin, opcode := w.hdr[0]&0x80 != 0, w.hdr[0]&0x0f
+	var n uint64
+	switch l := w.hdr[1] & 0x7f; l {
+	case 126:
+		n = uint64(w.hdr[2])<<8 | uint64(w.hdr[3])
+	case 127:
+		for _, c := range w.hdr[2:10] {
+			n = n<<8 | uint64(c)
+		}
+	default:
+		n = uint64(l)
+	}
+	if opcode < 8 { // data and continuation frames
+		w.inMessage = !fin
+	}
+	w.payload, w.hdrN = n, 0
+}
+
+// atBoundary reports whether the stream so far ends between frames, outside
+// a fragmented message.
+func (w *watchConn) atBoundary() bool {
+	return !w.inHTTP && w.hdrN == 0 && w.payload == 0 && !w.inMessage
+}
+
+// guard marks the start of a Read that interrupt may cut short, and
+// returns its number for interrupt.
+func (w *watchConn) guard() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.guarded, w.interrupted = true, false
+	w.gen++
+	return w.gen
+}
+
+// unguard ends it and reports whether it was interrupted.
+func (w *watchConn) unguard() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.interrupting {
+		w.interrupting = false
+		_ = w.Conn.SetReadDeadline(time.Time{})
+	}
+	w.guarded = false
+	return w.interrupted
+}
+
+// interrupt makes a guarded Read that waits for a new frame return
+// errInterrupted. Elsewhere in the stream it does nothing, and the Read goes
+// on until its message is complete.
+func (w *watchConn) interrupt(gen uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.guarded && w.gen == gen && !w.interrupting && w.atBoundary() {
+		w.interrupting = true
+		_ = w.Conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+type watchKey struct{}
+
+// watchSlot is where a dial records the watchConn it made.
+type watchSlot struct {
+	target string // host:port of the WebSocket server
+	conn   *watchConn
+}
+
+// watchTransport dials WebSocket handshakes so that the socket below
+// coder/websocket is a watchConn. A connection through a proxy, which the
+// watchConn could not follow, is left as it is.
+var watchTransport = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DisableKeepAlives = true // a failed handshake's connection is not reused
+	t.ForceAttemptHTTP2 = false
+	var d net.Dialer
+	wrap := func(ctx context.Context, addr string, c net.Conn) net.Conn {
+		if slot, ok := ctx.Value(watchKey{}).(*watchSlot); ok && slot.target == addr {
+			w := newWatchConn(c)
+			slot.conn = w
+			return w
+		}
+		return c
+	}
+	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return wrap(ctx, addr, c), nil
+	}
+	t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: host, NextProtos: []string{"http/1.1"}})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		return wrap(ctx, addr, tc), nil
+	}
+	return t
+}()
+
+var watchClient = &http.Client{Transport: watchTransport}
+
+// watchTarget is the address the transport dials for a WebSocket URL.
+func watchTarget(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "wss" || u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
