@@ -48,21 +48,22 @@ type Conn struct {
 	readSem chan struct{} // one Read at a time
 	rd      reader
 
-	mu         sync.Mutex
-	queue      sendQueue
-	final      error // why the Conn ended; set once
-	closing    bool  // Close or CloseNow was called
-	closeCode  websocket.StatusCode
-	closeWhy   string
-	closeNow   bool
-	readLimit  int64
-	subproto   string
-	transport  Transport
-	stateSince time.Time
-	sess       *clientSession // session mode: the session, kept across links
-	polling    bool           // the Conn has fallen back to long polling
-	pollURL    *url.URL
-	probes     chan *dialed // a successful WebSocket probe, while polling
+	mu          sync.Mutex
+	queue       sendQueue
+	final       error // why the Conn ended; set once
+	closing     bool  // Close or CloseNow was called
+	closeCode   websocket.StatusCode
+	closeWhy    string
+	closeNow    bool
+	readLimit   int64
+	subproto    string
+	transport   Transport
+	stateSince  time.Time
+	sess        *clientSession // session mode: the session, kept across links
+	sessDropped bool           // the server ended sess: report it lost
+	polling     bool           // the Conn has fallen back to long polling
+	pollURL     *url.URL
+	probes      chan *dialed // a successful WebSocket probe, while polling
 
 	fallbackCause error // why the Conn moved to polling; supervisor only
 

@@ -179,6 +179,22 @@ func (c *Conn) stopAcks() {
 	s.ackMu.Unlock()
 }
 
+// dropSession forgets a session the server has ended, so that the next link
+// opens a new one; the application is told it was lost.
+func (c *Conn) dropSession() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess != nil {
+		c.sess.ackMu.Lock()
+		if c.sess.ackTimer != nil {
+			c.sess.ackTimer.Stop()
+		}
+		c.sess.ackMu.Unlock()
+		c.sess = nil
+		c.sessDropped = true
+	}
+}
+
 // resumeHeaders adds what a server needs to resume the Conn's session.
 func (c *Conn) resumeHeaders(h http.Header) {
 	c.mu.Lock()
@@ -201,6 +217,7 @@ func (c *Conn) resumeHeaders(h http.Header) {
 func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, error) {
 	switch {
 	case hello.Kind == frame.Close:
+		c.dropSession()
 		return nil, fmt.Errorf("tether: session closed by the server: %w",
 			websocket.CloseError{Code: websocket.StatusCode(hello.Code), Reason: hello.Reason})
 	case hello.Kind != frame.Hello:
@@ -208,9 +225,10 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 	}
 	c.mu.Lock()
 	s := c.sess
-	lost := false
+	lost := c.sessDropped
+	c.sessDropped = false
 	if s == nil || hello.Status != frame.StatusResumed || hello.Session != s.id {
-		lost = s != nil
+		lost = lost || s != nil
 		if s != nil {
 			s.ackMu.Lock()
 			if s.ackTimer != nil {

@@ -5,6 +5,9 @@
 // methods as a *websocket.Conn. Underneath, a heartbeat finds dead links, and a
 // reconnect loop with backoff restores them, so a Read rides through network
 // resets and server restarts and fails only when the Conn is closed for good.
+// [NewHandler] is the matching server side: with it, messages survive drops
+// (session mode), and clients behind a proxy that blocks WebSocket fall back
+// to HTTP long polling.
 //
 // # Plain mode
 //
@@ -17,19 +20,55 @@
 //
 // A link that fails (read or write error, heartbeat timeout, a retryable close
 // code) is replaced by a new dial after a backoff delay (see [WithBackoff]).
-// Handshakes answered 401, 403, 404 or 400, and policy or protocol close codes,
-// are permanent: the Conn closes and Read returns the cause. [WithOnConnect]
-// runs after every connect, before anything queued goes out.
+// Handshakes answered 401, 403, 404 or 400 (400 only without [WithFallback]),
+// and policy or protocol close codes, are permanent: the Conn closes and Read
+// returns the cause. [WithOnConnect] runs after every connect, before anything
+// queued goes out.
+//
+// # Session mode
+//
+// Against a server that uses [Handler], the Conn runs in session mode by
+// itself. It offers the [Subprotocol] tether.v1 last among its subprotocols,
+// and trusts the server's choice of it only if the 101 answer also carries the
+// Tether-Protocol header that a Handler sets; anything else is plain mode.
+// Each side numbers its messages, acknowledges the other's (on traffic, or in
+// ack-only frames when idle) and keeps what is not yet acknowledged in a
+// bounded replay buffer. A new link presents the session and the last number
+// received, and both sides replay the rest. Every message is delivered exactly
+// once, in order, across drops and transport switches, for as long as the
+// server keeps the session ([WithSessionTTL], 2 minutes by default).
+//
+// When a session cannot be resumed (expired, unknown to the server, replay
+// buffer overflowed), Read returns an error wrapping [ErrSessionLost] once,
+// the state hook's next Connected transition carries it as Cause, and the
+// Conn goes on with a new session.
+//
+// # Fallback
+//
+// With [WithFallback], after 3 handshakes in a row that say the path blocks
+// WebSocket (a non-101 answer other than 401, 403 or 404, a handshake that
+// hangs, a WebSocket that never greets the session), the Conn moves its
+// session onto HTTP long polling (by default at the dial URL with an http or
+// https scheme). A refused connection is not
+// such a sign: it says the server is down. While on polling the Conn probes
+// WebSocket with backoff (the first probe within 3 s, growing to a minute; see
+// [WithProbeBackoff]), and when a probe gets through it moves the session
+// back. The state hook reports each move: the one to polling as a Connected
+// transition whose Cause says why, the way back as Connected -> Connected
+// with the new Transport. Fallback needs session mode.
 //
 // # What can be lost
 //
 // Writes made while the Conn is reconnecting wait in a bounded send queue (see
-// [WithSendQueue]) and go out in order on the next link. A Write that fails on
-// a dying link is queued and sent again, so in rare cases the server sees it
-// twice. But plain mode has no acknowledgements: a message that was written to
-// the socket just before the link died, and that the network then lost, is
-// gone, and so is anything the server sent that never reached the client. Use
-// application-level acknowledgements if that matters.
+// [WithSendQueue]) and go out in order on the next link, unless a queue
+// policy you chose drops them. In session mode nothing else is lost or
+// repeated while the session lives. In plain mode a Write
+// that fails on a dying link is queued and sent again, so in rare cases the
+// server sees it twice. But plain mode has no acknowledgements: a message that
+// was written to the socket just before the link died, and that the network
+// then lost, is gone, and so is anything the server sent that never reached
+// the client. Use session mode, or application-level acknowledgements, if that
+// matters.
 //
 // # Concurrency
 //

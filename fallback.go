@@ -178,7 +178,9 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 		failed: make(chan struct{}),
 		wake:   make(chan struct{}, 1),
 	}
-	t.ctx, t.cancel = context.WithCancel(c.ctx)
+	// The transport's life is its own: Close still has to tell the server
+	// after the Conn's ctx has ended.
+	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t, fs[0], nil
 }
 

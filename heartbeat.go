@@ -144,16 +144,32 @@ func (c *Conn) watchPolling(l *liveLink) error {
 	t := time.NewTimer(b.NextBackOff())
 	defer t.Stop()
 	results := make(chan error, 1)
+	probing := false
 	for {
 		select {
 		case <-c.ctx.Done():
 			return errClosedLocally
 		case <-l.dead:
+			if probing {
+				// A probe that gets through moves the session off polling,
+				// which is why polling failed: let it finish.
+				select {
+				case err := <-results:
+					if err == nil {
+						return errUpgrade
+					}
+				case <-c.ctx.Done():
+					return errClosedLocally
+				}
+			}
 			return l.err
 		case <-t.C:
+			probing = true
+			c.stats.dials.Add(1)
 			l.wg.Add(1)
 			go c.probe(l, results)
 		case err := <-results:
+			probing = false
 			if err == nil {
 				return errUpgrade
 			}

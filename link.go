@@ -26,6 +26,7 @@ type link interface {
 type liveLink struct {
 	link
 	transport Transport
+	session   bool // link is a *sessionLink
 
 	// ctx ends when the link is retired; pings derive from it.
 	ctx    context.Context
@@ -48,7 +49,8 @@ type liveLink struct {
 }
 
 func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
-	ll := &liveLink{link: l, transport: t, dead: make(chan struct{})}
+	_, session := l.(*sessionLink)
+	ll := &liveLink{link: l, transport: t, session: session, dead: make(chan struct{})}
 	ll.ctx, ll.cancel = context.WithCancel(parent)
 	ll.touch()
 	return ll
@@ -72,6 +74,16 @@ func (l *liveLink) failed() bool {
 	default:
 		return false
 	}
+}
+
+// writeCtx is the ctx a Write passes down: a session link honours the
+// caller's ctx while it waits for acknowledgements; a plain WebSocket must
+// never see it, since coder/websocket closes a link whose Write ctx ends.
+func (l *liveLink) writeCtx(ctx context.Context) context.Context {
+	if l.session {
+		return ctx
+	}
+	return context.Background()
 }
 
 func (l *liveLink) touch() { l.lastRecv.Store(time.Now().UnixNano()) }

@@ -290,6 +290,12 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	hello, err := wf.readFrame(hctx)
 	if err != nil {
 		_ = ws.CloseNow()
+		if websocket.CloseStatus(err) != -1 {
+			// The server closed instead of greeting: the session it was
+			// asked to resume has ended.
+			c.dropSession()
+			return nil, fmt.Errorf("tether: session ended by the server: %w", err)
+		}
 		return nil, fmt.Errorf("%w: %w", errNoHello, err)
 	}
 	sl, err := c.startSession(wf, hello)

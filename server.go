@@ -124,7 +124,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		h.servePlain(r, c)
 		return
 	}
-	s, status, err := h.openSession(resume, true)
+	s, status, err := h.openSession(resume, WebSocket, true)
 	if err != nil {
 		var te *tombstoneError
 		if errors.As(err, &te) {
@@ -135,7 +135,11 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	done := make(chan struct{})
-	if err := s.attachWS(c, done, status, resume.ack); err != nil {
+	clientAck := resume.ack
+	if status != frame.StatusResumed {
+		clientAck = 0 // that ack was for a session that is gone
+	}
+	if err := s.attachWS(c, done, status, clientAck); err != nil {
 		close(done)
 		h.wg.Done()
 		_ = c.CloseNow()
@@ -209,7 +213,7 @@ var errTooManySessions = errors.New("tether: too many sessions")
 // openSession resumes the session rr names or, when there is none, opens a
 // new one; status says which. With reader set, the Handler counts one more
 // goroutine (the link's reader) that the caller must mark done.
-func (h *Handler) openSession(rr resumeReq, reader bool) (*Session, frame.Status, error) {
+func (h *Handler) openSession(rr resumeReq, t Transport, reader bool) (*Session, frame.Status, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -224,7 +228,7 @@ func (h *Handler) openSession(rr resumeReq, reader bool) (*Session, frame.Status
 			}
 			return s, frame.StatusResumed, nil
 		}
-		if ts, ok := h.tombstones[rr.id]; ok && subtle.ConstantTimeCompare(ts.secret[:], rr.secret[:]) == 1 {
+		if ts, ok := h.tombstones[rr.id]; ok && time.Now().Before(ts.until) && subtle.ConstantTimeCompare(ts.secret[:], rr.secret[:]) == 1 {
 			return nil, 0, &tombstoneError{code: ts.code, reason: ts.reason}
 		}
 		status = frame.StatusLost
@@ -233,6 +237,7 @@ func (h *Handler) openSession(rr resumeReq, reader bool) (*Session, frame.Status
 		return nil, 0, errTooManySessions
 	}
 	s := newSession(h)
+	s.transport = t
 	h.sessions[s.id] = s
 	if reader {
 		h.wg.Add(1)
@@ -258,7 +263,7 @@ func (h *Handler) lookup(id [16]byte, secret [16]byte) *Session {
 
 // forget removes an ended session, leaving a tombstone for a while so that
 // a client that comes back learns how the session ended.
-func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string) {
+func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, tomb bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.sessions[s.id] != s {
@@ -271,7 +276,7 @@ func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string) {
 			delete(h.tombstones, id)
 		}
 	}
-	if len(h.tombstones) < h.opts.maxSessions {
+	if tomb && len(h.tombstones) < h.opts.maxSessions {
 		h.tombstones[s.id] = tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}
 	}
 }
@@ -360,6 +365,9 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 	select {
 	case s.read <- struct{}{}:
 	case <-ctx.Done():
+		if s.ctx.Err() != nil {
+			return 0, nil, s.endError()
+		}
 		return 0, nil, fmt.Errorf("tether: session read: %w", ctx.Err())
 	}
 	defer func() { <-s.read }()
@@ -372,6 +380,10 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 	case m := <-s.inbox:
 		return m.typ, m.p, nil
 	case <-ctx.Done():
+		if s.ctx.Err() != nil {
+			// serve's own ctx ends with the session: say why.
+			return 0, nil, s.endError()
+		}
 		return 0, nil, fmt.Errorf("tether: session read: %w", ctx.Err())
 	case <-s.ctx.Done():
 		select {
@@ -409,7 +421,7 @@ func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte
 			return err
 		}
 		if err := s.seq.waitRoom(ctx, s.ctx.Done()); err != nil {
-			if errors.Is(err, errSessionDone) {
+			if errors.Is(err, errSessionDone) || s.ctx.Err() != nil {
 				return s.endError()
 			}
 			return fmt.Errorf("tether: session write: %w", err)
@@ -617,8 +629,9 @@ func (s *Session) linkLost(c *websocket.Conn, err error) {
 	s.linkMu.Unlock()
 	s.h.log.Debug("link lost", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
 	var ce websocket.CloseError
-	if errors.As(err, &ce) && ce.Code == websocket.StatusNormalClosure {
-		s.end(websocket.StatusNormalClosure, "", ce)
+	if errors.As(err, &ce) {
+		// The client closed its Conn: the session is over.
+		s.end(ce.Code, ce.Reason, ce)
 	}
 }
 
@@ -648,10 +661,11 @@ func (s *Session) end(code websocket.StatusCode, reason string, err error) {
 	s.ackTimer.Stop()
 	s.linkMu.Unlock()
 	s.cancel(err)
-	s.h.forget(s, code, reason)
+	// A lost session leaves no tombstone: the client is told it is lost.
+	s.h.forget(s, code, reason, !errors.Is(err, ErrSessionLost))
 	if ws != nil {
-		_ = ws.Close(code, reason)
-		_ = done
+		_ = ws.Close(code, clipReason(reason))
+		<-done
 	}
 	if poll != nil {
 		poll.closeWith(code, reason)

@@ -173,7 +173,7 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	s, status, err := h.openSession(resume, false)
+	s, status, err := h.openSession(resume, Polling, false)
 	if err != nil {
 		var te *tombstoneError
 		if errors.As(err, &te) {
@@ -186,7 +186,9 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request) {
 	s.detach()
 	p := newPollLink(s)
 	s.seq.mu.Lock()
-	s.seq.acked(resume.ack)
+	if status == frame.StatusResumed {
+		s.seq.acked(resume.ack)
+	}
 	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.recv}
 	s.linkMu.Lock()
 	ended := s.ended

@@ -99,6 +99,9 @@ func (s *seqState) acked(ack uint64) {
 // receive handles an inbound frame's numbering: deliver reports whether a
 // Data frame is new and next in order; a gap is an error.
 func (s *seqState) receive(f *frame.Frame) (deliver bool, err error) {
+	if f.Ack > s.nextSeq {
+		return false, fmt.Errorf("tether: session: peer acknowledged %d of %d messages sent", f.Ack, s.nextSeq)
+	}
 	s.acked(f.Ack)
 	if f.Kind != frame.Data {
 		return false, nil

@@ -25,13 +25,16 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 		}
 	}
 	if l := c.live.Load(); l != nil {
-		if err := l.Write(context.Background(), typ, p); err == nil {
+		err := l.Write(l.writeCtx(ctx), typ, p)
+		if err == nil {
 			c.stats.msgsOut.Add(1)
 			c.stats.bytesOut.Add(uint64(len(p)))
 			return nil
-		} else {
-			l.fail(err)
 		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("tether: write: %w", err)
+		}
+		l.fail(err)
 	}
 	return c.writeSlow(ctx, typ, p)
 }
@@ -42,7 +45,7 @@ type onConnectKey struct{}
 func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	// Writes made inside the OnConnect hook go straight to the new link.
 	if l, ok := ctx.Value(onConnectKey{}).(*liveLink); ok && !l.failed() {
-		if err := l.Write(context.Background(), typ, p); err != nil {
+		if err := l.Write(l.writeCtx(ctx), typ, p); err != nil {
 			l.fail(err)
 			return fmt.Errorf("tether: write during OnConnect: %w", err)
 		}
@@ -59,7 +62,10 @@ func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byt
 		}
 		if l := c.live.Load(); l != nil {
 			c.mu.Unlock()
-			if err := l.Write(context.Background(), typ, p); err != nil {
+			if err := l.Write(l.writeCtx(ctx), typ, p); err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("tether: write: %w", err)
+				}
 				l.fail(err)
 				continue
 			}

@@ -8,8 +8,13 @@
 // arrives once the link is back. It ends with the ping round-trip times from
 // Stats and a clean close.
 //
+// With -fallback, the server is a tether.Handler behind a proxy that does not
+// pass WebSocket: the client moves its session to HTTP long polling, and
+// back to WebSocket once the proxy is fixed.
+//
 //	go run ./examples/echo
 //	go run ./examples/echo -drops 4
+//	go run ./examples/echo -fallback
 package main
 
 import (
@@ -33,6 +38,7 @@ import (
 
 func main() {
 	drops := flag.Int("drops", 2, "how many times the server drops the connection")
+	fallback := flag.Bool("fallback", false, "serve through a proxy that blocks WebSocket, then fix it")
 	timeout := flag.Duration("timeout", 10*time.Second, "give up if the demo takes longer")
 	flag.Parse()
 
@@ -40,7 +46,13 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	if err := run(ctx, os.Stdout, *drops); err != nil {
+	var err error
+	if *fallback {
+		err = runFallback(ctx, os.Stdout)
+	} else {
+		err = run(ctx, os.Stdout, *drops)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
 	}

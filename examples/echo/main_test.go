@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -48,20 +49,68 @@ func TestRun(t *testing.T) {
 	}
 }
 
-// TestRunTimeout checks that run gives up when its ctx ends mid-way, and
-// leaves nothing running.
+// TestRunFallback runs the -fallback demo: the client must fall back to
+// polling, echo over it, and come back to WebSocket when the proxy is fixed.
+func TestRunFallback(t *testing.T) {
+	defer goleak.VerifyNone(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := runFallback(ctx, &out); err != nil {
+		t.Fatalf("runFallback: %v\noutput:\n%s", err, out.String())
+	}
+	want := []string{
+		"proxy: WebSocket handshake 1 refused",
+		"proxy: WebSocket handshake 3 refused",
+		"tether: connected over polling",
+		"moved to long polling after 3 blocked handshakes",
+		`echo "hello 3 over polling"`,
+		"proxy: fixed",
+		"passed",
+		"tether: probe succeeded, session moved to websocket",
+		`echo "hello 1 over websocket"`,
+		`echo "hello 3 over websocket"`,
+		"transport=websocket",
+		"tether: closed",
+	}
+	rest := out.String()
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("output lacks %q after the earlier lines\noutput:\n%s", w, out.String())
+		}
+		rest = rest[i+len(w):]
+	}
+	if strings.Contains(out.String(), "reconnecting") {
+		// Seen in a few runs in a hundred: the server moves the session to
+		// the probe's WebSocket, the client's next poll gets 409 before the
+		// probe is adopted, and the Conn reconnects over polling first.
+		// Nothing is lost; reported as a library issue.
+		t.Logf("the move back went through a reconnect\n%s", out.String())
+	}
+}
+
+// TestRunTimeout checks that both demos give up when their ctx ends mid-way,
+// and leave nothing running.
 func TestRunTimeout(t *testing.T) {
 	defer goleak.VerifyNone(t)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	var out bytes.Buffer
-	start := time.Now()
-	err := run(ctx, &out, 2)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("run: got %v, want a deadline error\noutput:\n%s", err, out.String())
+	demos := map[string]func(context.Context, io.Writer) error{
+		"drops":    func(ctx context.Context, w io.Writer) error { return run(ctx, w, 2) },
+		"fallback": runFallback,
 	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("run took %v to give up", d)
+	for name, demo := range demos {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		var out bytes.Buffer
+		start := time.Now()
+		err := demo(ctx, &out)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: got %v, want a deadline error\noutput:\n%s", name, err, out.String())
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("%s: took %v to give up", name, d)
+		}
 	}
 }
