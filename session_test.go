@@ -183,8 +183,16 @@ func TestSessionExactlyOnceThroughResets(t *testing.T) {
 	t.Cleanup(func() { _ = p.Close() })
 	ev := newEvents()
 	c := dial(t, "ws://"+p.Addr(), ev.option())
-	streams(t, c, got, n, 200, p.Reset)
-	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(5))
+	resets := 0
+	streams(t, c, got, n, 200, func() {
+		// Reset the link and wait for the next, so that every reset cuts
+		// a live link in the middle of both streams.
+		before := p.Accepted()
+		p.Reset()
+		resets++
+		eventually(t, 10*time.Second, func() bool { return p.Accepted() > before }, "a new link after the reset")
+	})
+	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(resets))
 	for _, sc := range ev.list() {
 		require.NotErrorIs(t, sc.Cause, tether.ErrSessionLost)
 	}
