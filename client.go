@@ -45,8 +45,7 @@ type Conn struct {
 	live  atomic.Pointer[liveLink] // set while Writes may go straight through
 	state atomic.Int32
 
-	readSem chan struct{} // one Read at a time
-	rd      reader
+	rd *reader
 
 	mu          sync.Mutex
 	queue       sendQueue
@@ -108,18 +107,13 @@ func newConn(u string, o *options) *Conn {
 		url:       u,
 		opts:      o,
 		done:      make(chan struct{}),
-		readSem:   make(chan struct{}, 1),
 		probes:    make(chan *dialed, 1),
 		readLimit: o.readLimit,
 	}
 	c.log = o.logger.With(slog.String("conn_id", c.id))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.queue.max = o.queueBytes
-	c.rd.up = make(chan struct{})
-	c.rd.handoff = make(chan message, 1)
-	c.rd.idleAfter = readerIdle
-	c.rd.watchdog = time.AfterFunc(time.Hour, c.watch)
-	c.rd.watchdog.Stop()
+	c.rd = newReader()
 	c.stateSince = time.Now()
 	return c
 }

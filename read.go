@@ -24,7 +24,10 @@ type message struct {
 	err error
 }
 
+// reader serves Read calls from whichever link is current, for a Conn and,
+// on the server, for a Session.
 type reader struct {
+	sem     chan struct{} // one Read at a time
 	mu      sync.Mutex
 	link    *liveLink     // the link to read; nil while there is none
 	up      chan struct{} // closed when link is set, renewed when it is cleared
@@ -47,6 +50,18 @@ type reader struct {
 	idleAfter   time.Duration
 }
 
+func newReader() *reader {
+	r := &reader{
+		sem:       make(chan struct{}, 1),
+		up:        make(chan struct{}),
+		handoff:   make(chan message, 1),
+		idleAfter: readerIdle,
+	}
+	r.watchdog = time.AfterFunc(time.Hour, r.watch)
+	r.watchdog.Stop()
+	return r
+}
+
 // readerIdle is how long the link may go unread after a Read returns before
 // the background reader takes over: long enough for a loop to come back to
 // Read, short enough that pongs, close frames and resets are seen at once.
@@ -57,17 +72,7 @@ const readerIdle = 5 * time.Millisecond
 // never harms the link, and a message that arrives after ctx ended is kept
 // for the next Read.
 func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	select {
-	case c.readSem <- struct{}{}:
-	default:
-		select {
-		case c.readSem <- struct{}{}:
-		case <-ctx.Done():
-			return 0, nil, fmt.Errorf("tether: read: %w", ctx.Err())
-		}
-	}
-	m := c.read(ctx)
-	<-c.readSem
+	m := c.rd.read(ctx)
 	if m.err != nil {
 		return 0, nil, m.err
 	}
@@ -76,8 +81,23 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 	return m.typ, m.p, nil
 }
 
-func (c *Conn) read(ctx context.Context) message {
-	r := &c.rd
+// read returns the next message, or why there is none.
+func (r *reader) read(ctx context.Context) message {
+	select {
+	case r.sem <- struct{}{}:
+	default:
+		select {
+		case r.sem <- struct{}{}:
+		case <-ctx.Done():
+			return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}
+		}
+	}
+	m := r.readLocked(ctx)
+	<-r.sem
+	return m
+}
+
+func (r *reader) readLocked(ctx context.Context) message {
 	cancellable := ctx.Done() != nil
 	r.mu.Lock()
 	r.inRead = true
@@ -110,7 +130,7 @@ func (c *Conn) read(ctx context.Context) message {
 		}
 		if r.bg || (cancellable && l.watch == nil) {
 			if !r.bg {
-				c.startBackgroundReader(l)
+				r.startBackground(l)
 			}
 			// After this message, a caller that can read on its own
 			// goroutine takes over from the background reader.
@@ -201,8 +221,7 @@ func (r *reader) leave(m message) message {
 
 // watch runs from the watchdog timer: when nobody has read the link for a
 // while, the background reader takes over.
-func (c *Conn) watch() {
-	r := &c.rd
+func (r *reader) watch() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.armed = false
@@ -216,20 +235,18 @@ func (c *Conn) watch() {
 		r.watchdog.Reset(r.idleAfter)
 		return
 	}
-	c.startBackgroundReader(r.link)
+	r.startBackground(r.link)
 }
 
-// startBackgroundReader starts reading l on a goroutine of its own; r.mu is
-// held.
-func (c *Conn) startBackgroundReader(l *liveLink) {
-	c.rd.bg = true
+// startBackground starts reading l on a goroutine of its own; r.mu is held.
+func (r *reader) startBackground(l *liveLink) {
+	r.bg = true
 	l.wg.Add(1)
-	go c.backgroundRead(l)
+	go r.backgroundRead(l)
 }
 
-func (c *Conn) backgroundRead(l *liveLink) {
+func (r *reader) backgroundRead(l *liveLink) {
 	defer l.wg.Done()
-	r := &c.rd
 	for {
 		typ, p, err := l.Read(context.Background())
 		r.mu.Lock()
@@ -276,15 +293,21 @@ func (r *reader) stalled() bool {
 }
 
 // setLink makes l the link to read and makes sure someone reads it.
-func (c *Conn) setReadLink(l *liveLink) {
-	r := &c.rd
+func (r *reader) setLink(l *liveLink) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.link = l
 	close(r.up)
 	if !r.inRead && !r.hasPend {
-		c.startBackgroundReader(l)
+		r.startBackground(l)
 	}
+}
+
+// clearLink stops Reads from using l.
+func (r *reader) clearLink(l *liveLink) {
+	r.mu.Lock()
+	r.clearLinkLocked(l)
+	r.mu.Unlock()
 }
 
 // clearLinkLocked stops Reads from using l; r.mu is held.

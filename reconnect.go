@@ -247,7 +247,7 @@ func (c *Conn) bringUp(ctx context.Context, l *liveLink) error {
 	c.mu.Lock()
 	c.transport = l.transport
 	c.mu.Unlock()
-	c.setReadLink(l)
+	c.rd.setLink(l)
 	if fn := c.opts.onConnect; fn != nil {
 		hctx := context.WithValue(ctx, onConnectKey{}, l)
 		if err := fn(hctx, c); err != nil {
@@ -504,9 +504,7 @@ func retryableClose(code websocket.StatusCode) bool {
 // returned.
 func (c *Conn) retire(l *liveLink, closing bool) {
 	c.live.CompareAndSwap(l, nil)
-	c.rd.mu.Lock()
-	c.rd.clearLinkLocked(l)
-	c.rd.mu.Unlock()
+	c.rd.clearLink(l)
 	c.mu.Lock()
 	code, why, now := c.closeCode, c.closeWhy, c.closeNow
 	c.mu.Unlock()
