@@ -32,8 +32,9 @@ type reader struct {
 	link    *liveLink     // the link to read; nil while there is none
 	up      chan struct{} // closed when link is set, renewed when it is cleared
 	final   error         // set when the Conn has ended
-	pending message       // a message read while nobody was waiting
-	hasPend bool
+	pending []message     // messages read while nobody was waiting, oldest first
+	more    chan struct{} // closed when deliver adds to pending; renewed
+	room    chan struct{} // closed when a Read takes from pending; renewed
 	lost    error // a lost session, reported once by Read
 
 	inRead bool // a Read call is in progress
@@ -102,9 +103,17 @@ func (r *reader) readLocked(ctx context.Context) message {
 	r.mu.Lock()
 	r.inRead = true
 	for {
-		if r.hasPend {
-			m := r.pending
-			r.pending, r.hasPend = message{}, false
+		if len(r.pending) > 0 {
+			m := r.pending[0]
+			r.pending[0] = message{}
+			r.pending = r.pending[1:]
+			if len(r.pending) == 0 {
+				r.pending = nil
+			}
+			if r.room != nil {
+				close(r.room)
+				r.room = nil
+			}
 			return r.leave(m)
 		}
 		if r.lost != nil {
@@ -117,10 +126,11 @@ func (r *reader) readLocked(ctx context.Context) message {
 		}
 		l := r.link
 		if l == nil {
-			up := r.up
+			up, more := r.up, r.moreChan()
 			r.mu.Unlock()
 			select {
 			case <-up:
+			case <-more:
 			case <-ctx.Done():
 				r.mu.Lock()
 				return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
@@ -225,7 +235,7 @@ func (r *reader) watch() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.armed = false
-	if r.inRead || r.bg || r.direct || r.hasPend || r.link == nil || r.final != nil {
+	if r.inRead || r.bg || r.direct || len(r.pending) > 0 || r.link == nil || r.final != nil {
 		return
 	}
 	if r.readsDone != r.seenByWatch {
@@ -277,7 +287,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 		}
 		// Nobody is reading: keep the message and stop reading until a Read
 		// takes it, so a slow application pushes back on the sender.
-		r.pending, r.hasPend = m, true
+		r.pending = append(r.pending, m)
 		r.bg = false
 		r.mu.Unlock()
 		return
@@ -289,7 +299,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 func (r *reader) stalled() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.hasPend && !r.bg && !r.direct
+	return len(r.pending) > 0 && !r.bg && !r.direct
 }
 
 // setLink makes l the link to read and makes sure someone reads it.
@@ -298,7 +308,7 @@ func (r *reader) setLink(l *liveLink) {
 	defer r.mu.Unlock()
 	r.link = l
 	close(r.up)
-	if !r.inRead && !r.hasPend {
+	if !r.inRead && len(r.pending) == 0 {
 		r.startBackground(l)
 	}
 }
@@ -330,4 +340,38 @@ func (r *reader) end(err error) {
 	default:
 		close(r.up)
 	}
+}
+
+func (r *reader) moreChan() chan struct{} {
+	if r.more == nil {
+		r.more = make(chan struct{})
+	}
+	return r.more
+}
+
+// deliver adds a message that arrived some other way (a long-polling
+// request) behind those already pending. It waits while max are pending,
+// until a Read takes one or done is closed, and reports whether it added m.
+func (r *reader) deliver(m message, max int, done <-chan struct{}) bool {
+	r.mu.Lock()
+	for len(r.pending) >= max {
+		if r.room == nil {
+			r.room = make(chan struct{})
+		}
+		room := r.room
+		r.mu.Unlock()
+		select {
+		case <-room:
+		case <-done:
+			return false
+		}
+		r.mu.Lock()
+	}
+	defer r.mu.Unlock()
+	r.pending = append(r.pending, m)
+	if r.more != nil {
+		close(r.more)
+		r.more = nil
+	}
+	return true
 }

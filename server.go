@@ -1,6 +1,7 @@
 package tether
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -115,7 +116,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	ao.Subprotocols = append([]string{Subprotocol}, ao.Subprotocols...)
 	// Tells the client this server really speaks tether.v1.
 	w.Header().Set(headerProtocol, Subprotocol)
-	c, err := websocket.Accept(w, r, &ao)
+	hw := &hijackWatch{ResponseWriter: w}
+	c, err := websocket.Accept(hw, r, &ao)
 	if err != nil {
 		return // Accept has answered
 	}
@@ -134,18 +136,40 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		_ = c.Close(websocket.StatusTryAgainLater, err.Error())
 		return
 	}
-	done := make(chan struct{})
 	clientAck := resume.ack
 	if status != frame.StatusResumed {
 		clientAck = 0 // that ack was for a session that is gone
 	}
-	if err := s.attachWS(c, done, status, clientAck); err != nil {
-		close(done)
+	l, done, err := s.attachWS(c, hw.conn, status, clientAck)
+	if err != nil {
 		h.wg.Done()
 		_ = c.CloseNow()
 		return
 	}
-	s.readWS(c, done)
+	s.watchWS(l, done)
+}
+
+// hijackWatch hands coder/websocket a watchConn when it hijacks the
+// connection, so that a Session.Read whose ctx ends can be interrupted
+// between frames (see interrupt.go) instead of going through a goroutine.
+type hijackWatch struct {
+	http.ResponseWriter
+	conn *watchConn
+}
+
+func (h *hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	w := &watchConn{Conn: nc}
+	// What the server read ahead is read again before the connection.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		w.scan(b)
+	}
+	h.conn = w
+	return w, brw, nil
 }
 
 // servePlain serves a client that did not ask for session mode: the Session
@@ -312,14 +336,16 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	seq    *seqState     // numbering and replay; seq.mu orders transmissions
-	recvMu sync.Mutex    // one receiver at a time, even while links change
-	inbox  chan message  // delivered messages, in order
-	read   chan struct{} // one Read at a time
+	seq    *seqState  // numbering and replay; seq.mu orders transmissions
+	recvMu sync.Mutex // one receiver at a time, even while links change
+	// rd serves Read: on the serve goroutine itself while it waits in Read
+	// (no goroutine hop per message), by a background reader otherwise.
+	// Messages from long polling are delivered into it.
+	rd *reader
 
 	linkMu    sync.Mutex // guards the fields below
-	ws        *websocket.Conn
-	wsDone    chan struct{} // closed when ws's reader has returned
+	ws        *liveLink     // the current WebSocket link, or nil
+	wsDone    chan struct{} // closed when ws's watcher has returned
 	poll      *pollLink
 	transport Transport
 	ttl       *time.Timer
@@ -330,7 +356,7 @@ type Session struct {
 }
 
 func newSession(h *Handler) *Session {
-	s := &Session{h: h, seq: newSeqState(h.opts.replayBytes), inbox: make(chan message, h.opts.inbox), read: make(chan struct{}, 1)}
+	s := &Session{h: h, seq: newSeqState(h.opts.replayBytes), rd: newReader()}
 	_, _ = rand.Read(s.id[:])
 	_, _ = rand.Read(s.secret[:])
 	s.idStr = hex.EncodeToString(s.id[:])
@@ -362,37 +388,15 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 	if s.plain != nil {
 		return s.plain.Read(ctx)
 	}
-	select {
-	case s.read <- struct{}{}:
-	case <-ctx.Done():
-		if s.ctx.Err() != nil {
-			return 0, nil, s.endError()
-		}
-		return 0, nil, fmt.Errorf("tether: session read: %w", ctx.Err())
-	}
-	defer func() { <-s.read }()
-	select {
-	case m := <-s.inbox:
-		return m.typ, m.p, nil
-	default:
-	}
-	select {
-	case m := <-s.inbox:
-		return m.typ, m.p, nil
-	case <-ctx.Done():
+	m := s.rd.read(ctx)
+	if m.err != nil {
 		if s.ctx.Err() != nil {
 			// serve's own ctx ends with the session: say why.
 			return 0, nil, s.endError()
 		}
-		return 0, nil, fmt.Errorf("tether: session read: %w", ctx.Err())
-	case <-s.ctx.Done():
-		select {
-		case m := <-s.inbox:
-			return m.typ, m.p, nil
-		default:
-		}
-		return 0, nil, s.endError()
+		return 0, nil, m.err
 	}
+	return m.typ, m.p, nil
 }
 
 // Write sends a message to the client. While the client is away it is kept
@@ -467,11 +471,13 @@ func (s *Session) endError() error {
 // keeps frames in sequence order. A failed send leaves f for replay.
 func (s *Session) transmit(f *frame.Frame) {
 	s.linkMu.Lock()
-	ws, poll := s.ws, s.poll
+	l, poll := s.ws, s.poll
 	s.linkMu.Unlock()
 	switch {
-	case ws != nil:
+	case l != nil:
+		ws := l.link.(*serverWS).ws
 		if err := ws.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, f)); err != nil {
+			l.fail(err)
 			_ = ws.CloseNow()
 		}
 	case poll != nil:
@@ -482,27 +488,49 @@ func (s *Session) transmit(f *frame.Frame) {
 // attachWS makes c the session's link: the old link is closed and its
 // reader gone first, then the client is greeted and everything it has not
 // acknowledged is replayed.
-func (s *Session) attachWS(c *websocket.Conn, done chan struct{}, status frame.Status, clientAck uint64) error {
+func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status, clientAck uint64) (*liveLink, chan struct{}, error) {
 	s.detach()
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
 	s.seq.mu.Lock()
 	defer s.seq.mu.Unlock()
 	if s.isEnded() {
-		return s.endError()
+		return nil, nil, s.endError()
 	}
 	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.recv}
 	if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &hello)); err != nil {
-		return err
+		return nil, nil, err
 	}
 	for _, f := range s.seq.unacked(clientAck) {
 		if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &f)); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
+	l := newLiveLink(context.Background(), &serverWS{s: s, ws: c}, WebSocket)
+	l.watch = w
+	done := make(chan struct{})
 	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	s.ws, s.wsDone, s.transport = c, done, WebSocket
+	s.ws, s.wsDone, s.transport = l, done, WebSocket
 	s.ttl.Stop()
-	return nil
+	s.linkMu.Unlock()
+	s.rd.setLink(l)
+	return l, done, nil
+}
+
+// watchWS waits, on the handshake's goroutine, until the link fails or the
+// session ends, then takes the link out of use.
+func (s *Session) watchWS(l *liveLink, done chan struct{}) {
+	defer s.h.wg.Done()
+	defer close(done)
+	select {
+	case <-l.dead:
+	case <-s.ctx.Done():
+	}
+	s.rd.clearLink(l)
+	s.linkLost(l, l.err)
+	_ = l.CloseNow()
+	l.cancel()
+	l.wg.Wait()
 }
 
 // detach closes the current link and waits until nothing reads it.
@@ -512,75 +540,95 @@ func (s *Session) detach() {
 	s.ws, s.wsDone, s.poll = nil, nil, nil
 	s.linkMu.Unlock()
 	if ws != nil {
+		ws.fail(errReplaced)
 		_ = ws.CloseNow()
 		<-done
 	}
 	if poll != nil {
+		s.recvMu.Lock()
 		poll.stop()
+		s.recvMu.Unlock()
 	}
 }
 
-// readWS reads the client's frames from c until it fails. It runs on the
-// handshake's goroutine.
-func (s *Session) readWS(c *websocket.Conn, done chan struct{}) {
-	defer s.h.wg.Done()
-	defer close(done)
+var errReplaced = errors.New("tether: the client opened a new link")
+
+// serverWS is a session's WebSocket link, read through the session's
+// reader: its Read returns the next new message from the client.
+type serverWS struct {
+	s  *Session
+	ws *websocket.Conn
+}
+
+func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
 	for {
-		typ, b, err := c.Read(context.Background())
+		typ, b, err := l.ws.Read(ctx)
 		if err != nil {
-			s.linkLost(c, err)
-			return
+			return 0, nil, err
 		}
 		if typ != websocket.MessageBinary {
-			_ = c.Close(websocket.StatusUnsupportedData, "tether.v1 frames are binary")
-			s.linkLost(c, errors.New("text message on a tether.v1 link"))
-			return
+			_ = l.ws.Close(websocket.StatusUnsupportedData, "tether.v1 frames are binary")
+			return 0, nil, errors.New("tether: text message on a tether.v1 link")
 		}
 		f, err := frame.Decode(b)
+		var (
+			m       message
+			deliver bool
+		)
 		if err == nil {
-			err = s.receive(&f)
+			s := l.s
+			s.recvMu.Lock()
+			m, deliver, err = s.take(&f)
+			s.recvMu.Unlock()
 		}
 		if err != nil {
-			_ = c.Close(websocket.StatusProtocolError, "bad frame")
-			s.linkLost(c, err)
-			return
+			_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")
+			return 0, nil, err
+		}
+		if deliver {
+			return m.typ, m.p, nil
 		}
 	}
 }
 
-// receive handles one frame from the client, whichever transport. Frames
-// are numbered and delivered under recvMu, so that an old link's last
-// request and a new link's first frames cannot overtake each other.
-func (s *Session) receive(f *frame.Frame) error {
-	s.recvMu.Lock()
-	defer s.recvMu.Unlock()
+func (l *serverWS) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	return l.ws.Write(ctx, typ, p)
+}
+
+func (l *serverWS) Ping(ctx context.Context) error { return l.ws.Ping(ctx) }
+
+func (l *serverWS) Close(code websocket.StatusCode, reason string) error {
+	return l.ws.Close(code, reason)
+}
+
+func (l *serverWS) CloseNow() error { return l.ws.CloseNow() }
+
+// take handles one frame from the client, whichever transport, and returns
+// the message to deliver, if any. s.recvMu is held: frames are numbered and
+// delivered one at a time, so that an old link's last request and a new
+// link's first frames cannot overtake each other.
+func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	switch f.Kind {
 	case frame.Data, frame.Ack:
 	case frame.Close:
 		s.end(websocket.StatusCode(f.Code), f.Reason, websocket.CloseError{Code: websocket.StatusCode(f.Code), Reason: f.Reason})
-		return nil
+		return message{}, false, nil
 	default:
-		return fmt.Errorf("tether: unexpected %v frame from client", f.Kind)
+		return message{}, false, fmt.Errorf("tether: unexpected %v frame from client", f.Kind)
 	}
 	s.seq.mu.Lock()
 	deliver, err := s.seq.receive(f)
 	ackNow := deliver && s.seq.needAck(ackEvery)
 	s.seq.mu.Unlock()
 	if err != nil || !deliver {
-		return err
-	}
-	m := message{typ: msgType(f.Binary), p: append([]byte(nil), f.Payload...)}
-	select {
-	case s.inbox <- m:
-	case <-s.ctx.Done():
-		return nil
+		return message{}, false, err
 	}
 	if ackNow {
 		s.sendAck()
 	} else {
 		s.armAck()
 	}
-	return nil
+	return message{typ: msgType(f.Binary), p: f.Payload}, true, nil
 }
 
 // armAck schedules a delayed ack-only frame, once per window.
@@ -618,9 +666,9 @@ func (s *Session) sendAck() {
 // linkLost handles the end of a WebSocket link: unless a newer link took
 // its place, the session waits for the client to come back, or ends if the
 // client closed its Conn.
-func (s *Session) linkLost(c *websocket.Conn, err error) {
+func (s *Session) linkLost(l *liveLink, err error) {
 	s.linkMu.Lock()
-	if s.ws != c || s.ended {
+	if s.ws != l || s.ended {
 		s.linkMu.Unlock()
 		return
 	}
@@ -638,9 +686,9 @@ func (s *Session) linkLost(c *websocket.Conn, err error) {
 // expire ends a session whose client did not come back within the TTL.
 func (s *Session) expire() {
 	s.linkMu.Lock()
-	ws, poll := s.ws, s.poll
+	l, poll := s.ws, s.poll
 	s.linkMu.Unlock()
-	if ws != nil || (poll != nil && poll.busy()) {
+	if l != nil || (poll != nil && poll.busy()) {
 		return
 	}
 	s.end(websocket.StatusGoingAway, "session expired", fmt.Errorf("tether: session %s expired: %w", s.idStr, ErrSessionLost))
@@ -655,19 +703,21 @@ func (s *Session) end(code websocket.StatusCode, reason string, err error) {
 		return
 	}
 	s.ended, s.endErr = true, err
-	ws, done, poll := s.ws, s.wsDone, s.poll
+	l, poll := s.ws, s.poll
 	s.ws, s.wsDone, s.poll = nil, nil, nil
 	s.ttl.Stop()
 	s.ackTimer.Stop()
 	s.linkMu.Unlock()
-	s.cancel(err)
 	// A lost session leaves no tombstone: the client is told it is lost.
 	s.h.forget(s, code, reason, !errors.Is(err, ErrSessionLost))
-	if ws != nil {
-		_ = ws.Close(code, clipReason(reason))
-		<-done
+	if l != nil {
+		// Tell the client before the link's watcher wakes up and drops it.
+		_ = l.Close(code, clipReason(reason))
+		l.fail(err)
 	}
 	if poll != nil {
 		poll.closeWith(code, reason)
 	}
+	s.rd.end(err)
+	s.cancel(err)
 }

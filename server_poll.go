@@ -286,8 +286,12 @@ func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p
 			http.Error(w, "tether: message too large", http.StatusRequestEntityTooLarge)
 			return
 		}
-		if err := s.receive(&fs[i]); err != nil {
-			http.Error(w, "tether: "+err.Error(), http.StatusBadRequest)
+		if err := s.receivePolled(&fs[i], p); err != nil {
+			status := http.StatusBadRequest
+			if errors.Is(err, errMoved) {
+				status = http.StatusConflict
+			}
+			http.Error(w, "tether: "+err.Error(), status)
 			return
 		}
 	}
@@ -328,4 +332,26 @@ func (h *Handler) originAllowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+var errMoved = errors.New("session moved to another link")
+
+// receivePolled takes a frame from a polling request and delivers its
+// message to the session's reader, unless the session has moved on to
+// another link meanwhile.
+func (s *Session) receivePolled(f *frame.Frame, p *pollLink) error {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	s.linkMu.Lock()
+	current := s.poll == p
+	s.linkMu.Unlock()
+	if !current {
+		return errMoved
+	}
+	m, deliver, err := s.take(f)
+	if err != nil || !deliver {
+		return err
+	}
+	s.rd.deliver(m, s.h.opts.inbox, s.ctx.Done())
+	return nil
 }
