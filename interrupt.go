@@ -47,10 +47,16 @@ type watchConn struct {
 	payload   uint64 // payload bytes left in the current frame
 	inMessage bool   // a fragmented data message is open
 
-	guarded      bool   // a Read that may be interrupted is in progress
-	gen          uint64 // counts guarded Reads: a late interrupt is ignored
-	interrupting bool   // the read deadline is set in the past
-	interrupted  bool   // the guarded Read was interrupted
+	guarded      bool            // a Read that may be interrupted is in progress
+	guardCtx     context.Context // the ctx of that Read
+	interrupting bool            // the read deadline is set in the past
+	interrupted  bool            // the guarded Read was interrupted
+
+	// The ctx watched for interrupts. Reads usually pass the same ctx again
+	// and again (a serve or request ctx), so its AfterFunc is registered
+	// once, not per Read.
+	armedCtx context.Context
+	disarm   func() bool
 }
 
 func newWatchConn(c net.Conn) *watchConn { return &watchConn{Conn: c, inHTTP: true} }
@@ -158,14 +164,35 @@ func (w *watchConn) atBoundary() bool {
 	return !w.inHTTP && w.hdrN == 0 && w.payload == 0 && !w.inMessage
 }
 
-// guard marks the start of a Read that interrupt may cut short, and
-// returns its number for interrupt.
-func (w *watchConn) guard() uint64 {
+// guard marks the start of a Read that ctx may cut short. Only one
+// goroutine reads at a time.
+func (w *watchConn) guard(ctx context.Context) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.guarded, w.interrupted = true, false
-	w.gen++
-	return w.gen
+	w.guarded, w.interrupted, w.guardCtx = true, false, ctx
+	rearm := w.armedCtx != ctx
+	disarm := w.disarm
+	w.mu.Unlock()
+	if !rearm {
+		return
+	}
+	if disarm != nil {
+		disarm()
+	}
+	stop := context.AfterFunc(ctx, func() { w.interrupt(ctx) })
+	w.mu.Lock()
+	w.armedCtx, w.disarm = ctx, stop
+	w.mu.Unlock()
+}
+
+// release stops watching the last ctx; the link is done.
+func (w *watchConn) release() {
+	w.mu.Lock()
+	disarm := w.disarm
+	w.armedCtx, w.disarm, w.guardCtx = nil, nil, nil
+	w.mu.Unlock()
+	if disarm != nil {
+		disarm()
+	}
 }
 
 // unguard ends it and reports whether it was interrupted.
@@ -176,17 +203,17 @@ func (w *watchConn) unguard() bool {
 		w.interrupting = false
 		_ = w.Conn.SetReadDeadline(time.Time{})
 	}
-	w.guarded = false
+	w.guarded, w.guardCtx = false, nil
 	return w.interrupted
 }
 
 // interrupt makes a guarded Read that waits for a new frame return
 // errInterrupted. Elsewhere in the stream it does nothing, and the Read goes
 // on until its message is complete.
-func (w *watchConn) interrupt(gen uint64) {
+func (w *watchConn) interrupt(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.guarded && w.gen == gen && !w.interrupting && w.atBoundary() {
+	if w.guarded && w.guardCtx == ctx && !w.interrupting && w.atBoundary() {
 		w.interrupting = true
 		_ = w.Conn.SetReadDeadline(aLongTimeAgo)
 	}

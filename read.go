@@ -35,7 +35,7 @@ type reader struct {
 	pending []message     // messages read while nobody was waiting, oldest first
 	more    chan struct{} // closed when deliver adds to pending; renewed
 	room    chan struct{} // closed when a Read takes from pending; renewed
-	lost    error // a lost session, reported once by Read
+	lost    error         // a lost session, reported once by Read
 
 	inRead bool // a Read call is in progress
 	direct bool // a Read call is reading the link on its own goroutine
@@ -163,10 +163,15 @@ func (r *reader) readLocked(ctx context.Context) message {
 			// ctx may end while we wait: the watchConn interrupts the read
 			// if, and only if, no frame has begun (see interrupt.go).
 			w := l.watch
-			gen := w.guard()
-			stop := context.AfterFunc(ctx, func() { w.interrupt(gen) })
+			w.guard(ctx)
+			if ctx.Err() != nil {
+				// ctx ended before the guard was up: nothing was read.
+				w.unguard()
+				r.mu.Lock()
+				r.direct = false
+				return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
+			}
 			typ, p, err = l.Read(context.Background())
-			stop()
 			interrupted = w.unguard()
 		} else {
 			typ, p, err = l.Read(context.Background())

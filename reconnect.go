@@ -515,6 +515,9 @@ func (c *Conn) retire(l *liveLink, closing bool) {
 	}
 	l.cancel()
 	l.wg.Wait()
+	if l.watch != nil {
+		l.watch.release()
+	}
 }
 
 // finish ends the Conn: Read and Write fail with err from now on.

@@ -337,13 +337,14 @@ type Session struct {
 	cancel context.CancelCauseFunc
 
 	seq    *seqState  // numbering and replay; seq.mu orders transmissions
+	wbuf   []byte     // frame encoding buffer, used under seq.mu
 	recvMu sync.Mutex // one receiver at a time, even while links change
 	// rd serves Read: on the serve goroutine itself while it waits in Read
 	// (no goroutine hop per message), by a background reader otherwise.
 	// Messages from long polling are delivered into it.
 	rd *reader
 
-	linkMu    sync.Mutex // guards the fields below
+	linkMu    sync.Mutex    // guards the fields below
 	ws        *liveLink     // the current WebSocket link, or nil
 	wsDone    chan struct{} // closed when ws's watcher has returned
 	poll      *pollLink
@@ -476,7 +477,12 @@ func (s *Session) transmit(f *frame.Frame) {
 	switch {
 	case l != nil:
 		ws := l.link.(*serverWS).ws
-		if err := ws.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, f)); err != nil {
+		s.wbuf = frame.Append(s.wbuf[:0], f)
+		err := ws.Write(context.Background(), websocket.MessageBinary, s.wbuf)
+		if cap(s.wbuf) > 64<<10 {
+			s.wbuf = nil // do not hold on to a big message's buffer
+		}
+		if err != nil {
 			l.fail(err)
 			_ = ws.CloseNow()
 		}
@@ -531,6 +537,9 @@ func (s *Session) watchWS(l *liveLink, done chan struct{}) {
 	_ = l.CloseNow()
 	l.cancel()
 	l.wg.Wait()
+	if l.watch != nil {
+		l.watch.release()
+	}
 }
 
 // detach closes the current link and waits until nothing reads it.
