@@ -72,6 +72,12 @@ const readerIdle = 5 * time.Millisecond
 // an error only when the Conn is closed for good, or when ctx ends. Ending ctx
 // never harms the link, and a message that arrives after ctx ended is kept
 // for the next Read.
+//
+// Read reads the link on the caller's goroutine. When ctx ends while a
+// message is half received, Read returns once that message is complete; it
+// is returned rather than lost. With an http.Client of your own in
+// WithDialOptions, tether cannot watch the socket, and a Read whose ctx can
+// be cancelled waits for a background reader instead.
 func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
 	m := c.rd.read(ctx)
 	if m.err != nil {
