@@ -52,11 +52,12 @@ type watchConn struct {
 	interrupting bool            // the read deadline is set in the past
 	interrupted  bool            // the guarded Read was interrupted
 
-	// The ctx watched for interrupts. Reads usually pass the same ctx again
-	// and again (a serve or request ctx), so its AfterFunc is registered
-	// once, not per Read.
+	// The ctx watched for interrupts, and how to stop watching it; set by
+	// the reading goroutine only. lastCtx is the previous Read's ctx.
 	armedCtx context.Context
 	disarm   func() bool
+	lastCtx  context.Context
+	repeated bool // the guarded Read's ctx is the previous one's
 }
 
 func newWatchConn(c net.Conn) *watchConn { return &watchConn{Conn: c, inHTTP: true} }
@@ -166,38 +167,47 @@ func (w *watchConn) atBoundary() bool {
 
 // guard marks the start of a Read that ctx may cut short. Only one
 // goroutine reads at a time.
+//
+// Watching a ctx (context.AfterFunc) costs a registration, and a watch left
+// on a ctx that is cancelled right after its Read costs a goroutine. So a
+// ctx passed again and again (a serve or request ctx) stays watched across
+// Reads, while a fresh ctx per Read is unwatched as soon as its Read ends.
 func (w *watchConn) guard(ctx context.Context) {
 	w.mu.Lock()
 	w.guarded, w.interrupted, w.guardCtx = true, false, ctx
-	rearm := w.armedCtx != ctx
-	disarm := w.disarm
+	w.repeated = ctx == w.lastCtx
+	w.lastCtx = ctx
+	armed := w.armedCtx == ctx
 	w.mu.Unlock()
-	if !rearm {
+	if armed {
 		return
 	}
-	if disarm != nil {
-		disarm()
+	if w.disarm != nil {
+		w.disarm()
 	}
-	stop := context.AfterFunc(ctx, func() { w.interrupt(ctx) })
-	w.mu.Lock()
-	w.armedCtx, w.disarm = ctx, stop
-	w.mu.Unlock()
+	w.armedCtx, w.disarm = ctx, context.AfterFunc(ctx, func() { w.interrupt(ctx) })
 }
 
-// release stops watching the last ctx; the link is done.
+// release stops watching ctxs: the link is done.
 func (w *watchConn) release() {
-	w.mu.Lock()
-	disarm := w.disarm
-	w.armedCtx, w.disarm, w.guardCtx = nil, nil, nil
-	w.mu.Unlock()
-	if disarm != nil {
-		disarm()
+	if w.disarm != nil {
+		w.disarm()
 	}
+	w.mu.Lock()
+	w.armedCtx, w.disarm, w.lastCtx = nil, nil, nil
+	w.mu.Unlock()
 }
 
 // unguard ends it and reports whether it was interrupted.
 func (w *watchConn) unguard() bool {
 	w.mu.Lock()
+	if !w.repeated {
+		w.armedCtx = nil
+		w.mu.Unlock()
+		w.disarm()
+		w.disarm = nil
+		w.mu.Lock()
+	}
 	defer w.mu.Unlock()
 	if w.interrupting {
 		w.interrupting = false
