@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -52,7 +53,7 @@ func pingWait(interval, timeout time.Duration) time.Duration {
 }
 
 func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.Duration) error {
-	results := make(chan pingResult, maxPingsInFlight)
+	results := &pingResults{ready: make(chan struct{}, 1)}
 	wait := pingWait(interval, timeout)
 	var (
 		inflight int
@@ -65,20 +66,10 @@ func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.
 			return errClosedLocally
 		case <-l.dead:
 			return l.err
-		case r := <-results:
-			inflight--
-			switch {
-			case r.err == nil:
-				l.touch()
-				c.stats.pingsOK.Add(1)
-				c.stats.recordRTT(r.rtt)
-			case l.ctx.Err() != nil || l.failed():
-				// The link went away under the ping; l.dead says why.
-			case errors.Is(r.err, context.DeadlineExceeded):
-				c.stats.pingsFailed.Add(1)
-			default:
-				c.stats.pingsFailed.Add(1)
-				l.fail(r.err)
+		case <-results.ready:
+			for _, r := range results.take() {
+				inflight--
+				c.judgePing(l, r)
 			}
 			continue
 		case <-t.C:
@@ -122,14 +113,59 @@ func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.
 	}
 }
 
+// pingResults collects the outcomes of a link's pings. A slice and a
+// one-slot signal, rather than a channel with room for every ping in
+// flight, keep an idle Conn small.
+type pingResults struct {
+	mu    sync.Mutex
+	done  []pingResult
+	ready chan struct{}
+}
+
+func (p *pingResults) put(r pingResult) {
+	p.mu.Lock()
+	p.done = append(p.done, r)
+	p.mu.Unlock()
+	select {
+	case p.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (p *pingResults) take() []pingResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rs := p.done
+	p.done = nil
+	return rs
+}
+
+// judgePing records a ping's outcome. A ping that timed out is counted but
+// not judged here: the heartbeat loop keeps its own clock.
+func (c *Conn) judgePing(l *liveLink, r pingResult) {
+	switch {
+	case r.err == nil:
+		l.touch()
+		c.stats.pingsOK.Add(1)
+		c.stats.recordRTT(r.rtt)
+	case l.ctx.Err() != nil || l.failed():
+		// The link went away under the ping; l.dead says why.
+	case errors.Is(r.err, context.DeadlineExceeded):
+		c.stats.pingsFailed.Add(1)
+	default:
+		c.stats.pingsFailed.Add(1)
+		l.fail(r.err)
+	}
+}
+
 // ping sends one ping on l and reports how it went.
-func (c *Conn) ping(l *liveLink, wait time.Duration, results chan<- pingResult) {
+func (c *Conn) ping(l *liveLink, wait time.Duration, results *pingResults) {
 	defer l.wg.Done()
 	ctx, cancel := context.WithTimeout(l.ctx, wait)
 	start := time.Now()
 	err := l.Ping(ctx)
 	cancel()
-	results <- pingResult{start: start, rtt: time.Since(start), err: err}
+	results.put(pingResult{start: start, rtt: time.Since(start), err: err})
 }
 
 // errUpgrade ends the watch of a polling link when a WebSocket probe got

@@ -3,7 +3,6 @@ package tether
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -64,6 +63,9 @@ type options struct {
 	errs []error
 }
 
+// discardLogger is the silent default, shared by every Conn and Handler.
+var discardLogger = slog.New(slog.DiscardHandler)
+
 func defaultOptions() *options {
 	return &options{
 		hbInterval:       DefaultHeartbeatInterval,
@@ -72,7 +74,7 @@ func defaultOptions() *options {
 		newProbeBackoff:  defaultProbeBackoff,
 		handshakeTimeout: DefaultHandshakeTimeout,
 		queueBytes:       DefaultSendQueueBytes,
-		logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		logger:           discardLogger,
 		readLimit:        32768,
 	}
 }

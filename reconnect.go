@@ -91,7 +91,7 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 		}
 		c.stats.dials.Add(1)
 		viaPolling := c.onPolling()
-		l, err := c.attempt(ctx)
+		l, err := aside(func() (*liveLink, error) { return c.attempt(ctx) })
 		if err == nil {
 			if from == Reconnecting {
 				c.stats.reconnects.Add(1)
@@ -160,9 +160,30 @@ func (c *Conn) takeProbe() *dialed {
 	}
 }
 
+// aside runs fn on a goroutine of its own and waits for it. Dialing goes
+// deep (HTTP, TLS, the hooks); done aside, it leaves the supervisor, which
+// lives as long as the Conn, with a small stack.
+func aside(fn func() (*liveLink, error)) (*liveLink, error) {
+	type result struct {
+		l   *liveLink
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		l, err := fn()
+		ch <- result{l, err}
+	}()
+	r := <-ch
+	return r.l, r.err
+}
+
 // upgrade moves the session from long polling back onto the WebSocket a
 // probe opened.
 func (c *Conn) upgrade(p *dialed) (*liveLink, error) {
+	return aside(func() (*liveLink, error) { return c.upgradeTo(p) })
+}
+
+func (c *Conn) upgradeTo(p *dialed) (*liveLink, error) {
 	l, err := c.adopt(c.ctx, p)
 	if err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
 package tether
 
 import (
-	"io"
 	"log/slog"
 	"time"
 
@@ -44,7 +43,7 @@ func defaultHandlerOptions() handlerOptions {
 		pollWait:    DefaultPollWait,
 		inbox:       64,
 		readLimit:   32768,
-		logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		logger:      discardLogger,
 	}
 }
 
