@@ -179,10 +179,23 @@ func (c *Conn) SetReadLimit(n int64) {
 	c.readLimit = n
 	c.mu.Unlock()
 	if l := c.live.Load(); l != nil {
-		if ws, ok := l.link.(*websocket.Conn); ok {
-			ws.SetReadLimit(n)
+		switch ln := l.link.(type) {
+		case *websocket.Conn:
+			ln.SetReadLimit(n)
+		case *sessionLink:
+			if wf, ok := ln.t.(*wsFrames); ok {
+				wf.ws.SetReadLimit(sessionReadLimit(n))
+			}
 		}
 	}
+}
+
+// sessionReadLimit leaves room for the frame header in session mode.
+func sessionReadLimit(n int64) int64 {
+	if n < 0 {
+		return n
+	}
+	return n + 64
 }
 
 // Ping sends a ping on the current link and waits for its pong. While the

@@ -297,10 +297,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 		l.watch = d.watch
 		return l, nil
 	}
-	if limit >= 0 {
-		limit += 64 // room for the frame header
-	}
-	ws.SetReadLimit(limit)
+	ws.SetReadLimit(sessionReadLimit(limit))
 	wf := &wsFrames{ws: ws}
 	hctx := ctx
 	if d := c.opts.handshakeTimeout; d > 0 {
