@@ -52,8 +52,8 @@ type watchConn struct {
 	interrupting bool            // the read deadline is set in the past
 	interrupted  bool            // the guarded Read was interrupted
 
-	// The ctx watched for interrupts, and how to stop watching it; set by
-	// the reading goroutine only. lastCtx is the previous Read's ctx.
+	// The ctx watched for interrupts, and how to stop watching it. lastCtx
+	// is the previous Read's ctx.
 	armedCtx context.Context
 	disarm   func() bool
 	lastCtx  context.Context
@@ -177,35 +177,42 @@ func (w *watchConn) guard(ctx context.Context) {
 	w.guarded, w.interrupted, w.guardCtx = true, false, ctx
 	w.repeated = ctx == w.lastCtx
 	w.lastCtx = ctx
-	armed := w.armedCtx == ctx
-	w.mu.Unlock()
-	if armed {
+	if w.armedCtx == ctx {
+		w.mu.Unlock()
 		return
 	}
-	if w.disarm != nil {
-		w.disarm()
+	old := w.disarm
+	w.armedCtx, w.disarm = nil, nil
+	w.mu.Unlock()
+	if old != nil {
+		old()
 	}
-	w.armedCtx, w.disarm = ctx, context.AfterFunc(ctx, func() { w.interrupt(ctx) })
+	stop := context.AfterFunc(ctx, func() { w.interrupt(ctx) })
+	w.mu.Lock()
+	w.armedCtx, w.disarm = ctx, stop
+	w.mu.Unlock()
 }
 
-// release stops watching ctxs: the link is done.
+// release stops watching ctxs: the link is done. It may run while a Read
+// is still returning.
 func (w *watchConn) release() {
-	if w.disarm != nil {
-		w.disarm()
-	}
 	w.mu.Lock()
+	stop := w.disarm
 	w.armedCtx, w.disarm, w.lastCtx = nil, nil, nil
 	w.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // unguard ends it and reports whether it was interrupted.
 func (w *watchConn) unguard() bool {
 	w.mu.Lock()
-	if !w.repeated {
-		w.armedCtx = nil
+	if !w.repeated && w.disarm != nil {
+		stop := w.disarm
+		w.armedCtx, w.disarm = nil, nil
 		w.mu.Unlock()
-		w.disarm()
-		w.disarm = nil
+		stop()
 		w.mu.Lock()
 	}
 	defer w.mu.Unlock()

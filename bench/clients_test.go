@@ -46,6 +46,15 @@ var dialers = rotate([]dialer{
 	{name: "gorilla", dial: dialGorilla},
 }, os.Getenv(RotateEnv))
 
+// rotation is TETHER_BENCH_ROTATE as a number, 0 when unset.
+func rotation() int {
+	k, _ := strconv.Atoi(os.Getenv(RotateEnv))
+	if k < 0 {
+		k = -k
+	}
+	return k
+}
+
 func rotate(ds []dialer, by string) []dialer {
 	k, _ := strconv.Atoi(by)
 	k %= len(ds)

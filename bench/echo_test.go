@@ -23,25 +23,7 @@ func BenchmarkEcho(b *testing.B) {
 				}
 				name := fmt.Sprintf("size=%d/ctx=%s/client=%s", size, mode, d.name)
 				b.Run(name, func(b *testing.B) {
-					c := mustDial(b, d, url)
-					defer c.close()
-					p := payload(size)
-					bg := context.Background()
-					roundTrip(b, c, bg, bg, p) // warm up: first Read, buffers
-					b.ReportAllocs()
-					b.SetBytes(int64(size))
-					b.ResetTimer()
-					cpu0 := cpuTime()
-					for range b.N {
-						if mode == "cancel" {
-							ctx, cancel := context.WithCancel(bg)
-							roundTrip(b, c, bg, ctx, p)
-							cancel()
-						} else {
-							roundTrip(b, c, bg, bg, p)
-						}
-					}
-					reportCPU(b, cpu0)
+					echoBenchCtx(b, d, url, size, mode == "cancel")
 				})
 			}
 		}
@@ -56,40 +38,76 @@ func BenchmarkPipeline(b *testing.B) {
 	url := sharedServer(b).URL()
 	for _, d := range dialers {
 		b.Run(fmt.Sprintf("size=%d/client=%s", size, d.name), func(b *testing.B) {
-			c := mustDial(b, d, url)
-			defer c.close()
-			p := payload(size)
-			ctx := context.Background()
-			roundTrip(b, c, ctx, ctx, p)
-			b.ReportAllocs()
-			b.SetBytes(size)
-			b.ResetTimer()
-			cpu0 := cpuTime()
-			var wg sync.WaitGroup
-			var werr error
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range b.N {
-					if werr = c.write(ctx, p); werr != nil {
-						return
-					}
-				}
-			}()
-			for range b.N {
-				if _, err := c.read(ctx); err != nil {
-					b.Fatal(err)
-				}
-			}
-			wg.Wait()
-			b.StopTimer()
-			if werr != nil {
-				b.Fatal(werr)
-			}
-			reportCPU(b, cpu0)
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			pipelineBench(b, d, url, size)
 		})
 	}
+}
+
+// echoBench is one client's sequential echo round trip with ctx=bg.
+func echoBench(b *testing.B, d dialer, url string, size int) {
+	echoBenchCtx(b, d, url, size, false)
+}
+
+// echoBenchCtx is one client's sequential echo round trip; cancel gives each
+// Read a cancellable ctx.
+func echoBenchCtx(b *testing.B, d dialer, url string, size int, cancelable bool) {
+	c := mustDial(b, d, url)
+	defer c.close()
+	p := payload(size)
+	bg := context.Background()
+	roundTrip(b, c, bg, bg, p) // warm up: first Read, buffers
+	b.ReportAllocs()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		if cancelable {
+			ctx, cancel := context.WithCancel(bg)
+			roundTrip(b, c, bg, ctx, p)
+			cancel()
+		} else {
+			roundTrip(b, c, bg, bg, p)
+		}
+	}
+	reportCPU(b, cpu0)
+}
+
+// pipelineBench is one client's pipelined throughput: a writer goroutine
+// writes b.N messages as fast as it can while the benchmark goroutine reads
+// their b.N echoes.
+func pipelineBench(b *testing.B, d dialer, url string, size int) {
+	c := mustDial(b, d, url)
+	defer c.close()
+	p := payload(size)
+	ctx := context.Background()
+	roundTrip(b, c, ctx, ctx, p)
+	b.ReportAllocs()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	var wg sync.WaitGroup
+	var werr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for range b.N {
+			if werr = c.write(ctx, p); werr != nil {
+				return
+			}
+		}
+	}()
+	for range b.N {
+		if _, err := c.read(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	wg.Wait()
+	b.StopTimer()
+	if werr != nil {
+		b.Fatal(werr)
+	}
+	reportCPU(b, cpu0)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
 // BenchmarkDial is the time to a usable connection: TCP connect and the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run.sh runs every benchmark in bench/ in interleaved rounds (each round runs
-# raw, tether and gorilla side by side), keeps the raw output under
+# raw, tether and gorilla side by side; tether in session mode next to raw;
+# long polling next to session mode), keeps the raw output under
 # bench/results/<time>/, and prints each tether figure as a ratio to raw
 # coder/websocket from the same run, with its target.
 #
@@ -53,6 +54,12 @@ for i in $(seq "$count"); do
 	# each with its own client order.
 	bench '^Benchmark(Echo|Pipeline)$' "$benchtime"
 	TETHER_BENCH_ROTATE=$((i % 3)) bench '^Benchmark(Echo|Pipeline)$' "$benchtime"
+	# Session mode (tether.Dial against a tether.Handler) next to raw, and
+	# long polling next to session mode over WebSocket.
+	bench '^BenchmarkSession(Echo|Pipeline)$' "$benchtime"
+	TETHER_BENCH_ROTATE=$((i % 3)) bench '^BenchmarkSession(Echo|Pipeline)$' "$benchtime"
+	bench '^BenchmarkPolling$' "$benchtime"
+	bench '^BenchmarkFallback$' 5x
 	bench '^BenchmarkAllocs$' "$benchtime"
 	bench '^BenchmarkDial$' 300x
 	bench '^BenchmarkIdle$' 1x

@@ -7,6 +7,8 @@
 // so BenchmarkEcho/size=16/ctx=bg/client=raw and .../client=tether compare.
 // The values shown are medians over the rounds; "tether vs raw" is the median
 // of the per-round comparisons, which cancels drift in the machine's load.
+// A second table holds session mode (client=session) against raw, long
+// polling (client=polling) against session mode, and the fallback timings.
 //
 //	ratio results/bench.txt
 package main
@@ -151,6 +153,14 @@ type row struct {
 	target string
 }
 
+// sessionRow is a row of the session table: client's figure against
+// base's ("" for a figure of client's alone). The main table (rows) always
+// compares tether with raw.
+type sessionRow struct {
+	row
+	base, client string
+}
+
 var rows = []row{
 	{"BenchmarkEcho/", "ns/op", speed, 0.95, "≥ 0.95x raw"},
 	{"BenchmarkEcho/", "cpu-ns/op", speed, math.NaN(), ""},
@@ -181,60 +191,129 @@ var rows = []row{
 	{"BenchmarkHerd/", "last-ms", alone, math.NaN(), ""},
 }
 
+// sessionRows are tether in session mode (client=session, against a
+// tether.Handler) next to raw coder/websocket against the plain echo server,
+// long polling next to session mode over WebSocket, and the way to polling
+// and back.
+var sessionRows = []sessionRow{
+	{row{"BenchmarkSessionEcho/", "ns/op", speed, 0.90, "≥ 0.90x raw"}, "raw", "session"},
+	{row{"BenchmarkSessionEcho/", "cpu-ns/op", speed, math.NaN(), ""}, "raw", "session"},
+	{row{"BenchmarkSessionEcho/", "allocs/op", extra, math.NaN(), ""}, "raw", "session"},
+	{row{"BenchmarkSessionEcho/", "B/op", extra, math.NaN(), ""}, "raw", "session"},
+	{row{"BenchmarkSessionPipeline/", "msgs/s", rate, 0.90, "≥ 0.90x raw"}, "raw", "session"},
+	{row{"BenchmarkSessionPipeline/", "MB/s", rate, math.NaN(), ""}, "raw", "session"},
+	{row{"BenchmarkSessionPipeline/", "cpu-ns/op", speed, math.NaN(), ""}, "raw", "session"},
+	{row{"BenchmarkSessionPipeline/", "allocs/op", extra, math.NaN(), ""}, "raw", "session"},
+	{row{"BenchmarkPolling/", "msgs/s", rate, math.NaN(), ""}, "session", "polling"},
+	{row{"BenchmarkPolling/", "MB/s", rate, math.NaN(), ""}, "session", "polling"},
+	{row{"BenchmarkPolling/", "cpu-ns/op", speed, math.NaN(), ""}, "session", "polling"},
+	{row{"BenchmarkPolling/", "allocs/op", extra, math.NaN(), ""}, "session", "polling"},
+	{row{"BenchmarkFallback/", "fallback-ms", alone, math.NaN(), ""}, "", "tether"},
+	{row{"BenchmarkFallback/", "back-ms", alone, math.NaN(), ""}, "", "tether"},
+}
+
 func (s samples) print(w io.Writer, order []string) (missed int) {
 	fmt.Fprintln(w, "| benchmark | metric | raw | tether | gorilla | tether vs raw | target | verdict | n |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---|---|---:|")
 	for _, g := range order {
-		byClient := s[g]
 		for _, r := range rows {
 			if !strings.HasPrefix(g, r.prefix) {
 				continue
 			}
-			tv := byClient["tether"][r.unit]
-			if len(tv) == 0 {
+			c, ok := s.compare(g, r, "raw", "tether")
+			if !ok {
 				continue
 			}
-			rv := byClient["raw"][r.unit]
-			t := median(tv)
-			raw := median(rv)
-			gor := median(byClient["gorilla"][r.unit])
-			var cmp string
-			ok := true
-			hasTarget := !math.IsNaN(r.limit)
-			switch r.how {
-			case speed:
-				v := paired(rv, tv, func(r, t float64) float64 { return r / t })
-				cmp = fmt.Sprintf("%.3fx", v)
-				ok = v >= r.limit
-			case rate:
-				v := paired(rv, tv, func(r, t float64) float64 { return t / r })
-				cmp = fmt.Sprintf("%.3fx", v)
-				ok = v >= r.limit
-			case extra:
-				v := paired(rv, tv, func(r, t float64) float64 { return t - r })
-				cmp = signed(v, r.unit)
-				ok = v <= r.limit
-			case alone:
-				cmp = "—"
-				ok = t <= r.limit
-			}
-			if (r.how != alone && math.IsNaN(raw)) || math.IsNaN(t) {
-				hasTarget, cmp = false, "—"
-			}
-			verdict := ""
-			if hasTarget {
-				verdict = "met"
-				if !ok {
-					verdict = "**missed**"
-					missed++
-				}
-			}
+			missed += c.missed
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %d |\n",
-				strings.TrimPrefix(g, "Benchmark"), r.unit, format(raw, r.unit), format(t, r.unit), format(gor, r.unit),
-				cmp, r.target, verdict, len(tv))
+				strings.TrimPrefix(g, "Benchmark"), r.unit, format(c.base, r.unit), format(c.value, r.unit),
+				format(median(s[g]["gorilla"][r.unit]), r.unit), c.cmp, r.target, c.verdict, c.n)
+		}
+	}
+	var session []string
+	for _, g := range order {
+		for _, r := range sessionRows {
+			if !strings.HasPrefix(g, r.prefix) {
+				continue
+			}
+			c, ok := s.compare(g, r.row, r.base, r.client)
+			if !ok {
+				continue
+			}
+			missed += c.missed
+			base := r.base
+			if base == "" {
+				base = "—"
+			}
+			session = append(session, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |",
+				strings.TrimPrefix(g, "Benchmark"), r.unit, r.client, format(c.value, r.unit),
+				base, format(c.base, r.unit), c.cmp, r.target, c.verdict, c.n))
+		}
+	}
+	if len(session) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Session mode (client=session: tether.Dial against a tether.Handler echo) next to raw against the plain echo server; long polling next to session mode over WebSocket; the way to polling and back.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| benchmark | metric | client | value | vs | its value | client vs it | target | verdict | n |")
+		fmt.Fprintln(w, "|---|---|---|---:|---|---:|---:|---|---|---:|")
+		for _, l := range session {
+			fmt.Fprintln(w, l)
 		}
 	}
 	return missed
+}
+
+// comparison is one figure of a client next to a base client.
+type comparison struct {
+	value, base float64 // medians
+	cmp         string
+	verdict     string
+	missed      int
+	n           int
+}
+
+// compare compares client's figure r.unit in group g with base's.
+func (s samples) compare(g string, r row, base, client string) (comparison, bool) {
+	byClient := s[g]
+	tv := byClient[client][r.unit]
+	if len(tv) == 0 {
+		return comparison{}, false
+	}
+	var rv []float64
+	if base != "" {
+		rv = byClient[base][r.unit]
+	}
+	c := comparison{value: median(tv), base: median(rv), n: len(tv)}
+	ok := true
+	hasTarget := !math.IsNaN(r.limit)
+	switch r.how {
+	case speed:
+		v := paired(rv, tv, func(r, t float64) float64 { return r / t })
+		c.cmp = fmt.Sprintf("%.3fx", v)
+		ok = v >= r.limit
+	case rate:
+		v := paired(rv, tv, func(r, t float64) float64 { return t / r })
+		c.cmp = fmt.Sprintf("%.3fx", v)
+		ok = v >= r.limit
+	case extra:
+		v := paired(rv, tv, func(r, t float64) float64 { return t - r })
+		c.cmp = signed(v, r.unit)
+		ok = v <= r.limit
+	case alone:
+		c.cmp = "—"
+		ok = c.value <= r.limit
+	}
+	if (r.how != alone && math.IsNaN(c.base)) || math.IsNaN(c.value) {
+		hasTarget, c.cmp = false, "—"
+	}
+	if hasTarget {
+		c.verdict = "met"
+		if !ok {
+			c.verdict = "**missed**"
+			c.missed = 1
+		}
+	}
+	return c, true
 }
 
 func format(v float64, unit string) string {

@@ -52,3 +52,35 @@ func TestSplitClient(t *testing.T) {
 		t.Errorf("got %q %q", g, c)
 	}
 }
+
+const sessionSample = `BenchmarkSessionEcho/size=16/ctx=bg/client=raw-2     	  1000	     10000 ns/op
+BenchmarkSessionEcho/size=16/ctx=bg/client=session-2 	  1000	     12500 ns/op
+BenchmarkPolling/size=1024/client=session-2 	 1000	 100 ns/op	 50000 msgs/s
+BenchmarkPolling/size=1024/client=polling-2 	 1000	 100 ns/op	 5000 msgs/s
+BenchmarkFallback/backoff=20ms/probe=50ms/client=tether-2 	 1	 52.2 back-ms	 68.2 fallback-ms
+`
+
+func TestPrintSession(t *testing.T) {
+	s := samples{}
+	var order []string
+	for _, line := range strings.Split(sessionSample, "\n") {
+		if g, ok := s.add(line); ok && (len(order) == 0 || order[len(order)-1] != g) {
+			order = append(order, g)
+		}
+	}
+	var out strings.Builder
+	missed := s.print(&out, order)
+	got := out.String()
+	for _, want := range []string{
+		"| SessionEcho/size=16/ctx=bg | ns/op | session | 12.5 µs | raw | 10.0 µs | 0.800x | ≥ 0.90x raw | **missed** | 1 |",
+		"| Polling/size=1024 | msgs/s | polling | 5000 | session | 50000 | 0.100x |  |  | 1 |",
+		"| Fallback/backoff=20ms/probe=50ms | fallback-ms | tether | 68.2 | — | — | — |  |  | 1 |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing row %q in\n%s", want, got)
+		}
+	}
+	if missed != 1 {
+		t.Errorf("missed = %d, want 1", missed)
+	}
+}
