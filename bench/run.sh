@@ -5,7 +5,7 @@
 # bench/results/<time>/, and prints each tether figure as a ratio to raw
 # coder/websocket from the same run, with its target.
 #
-#   bench/run.sh                  # 8 rounds and one 10,000-Conn idle round (~9 min)
+#   bench/run.sh                  # 8 rounds and one 10,000-Conn idle round (~12 min)
 #   COUNT=10 bench/run.sh         # more rounds
 #   TETHER_BENCH_10K=0 bench/run.sh   # skip the 10,000-Conn idle round
 #   BENCHTIME=2s bench/run.sh     # longer throughput benchmarks
