@@ -86,9 +86,12 @@ func (s *seqState) acked(ack uint64) {
 		i++
 	}
 	if i > 0 {
-		n := copy(s.replay, s.replay[i:])
-		clear(s.replay[n:])
-		s.replay = s.replay[:n]
+		// Drop the acknowledged head without moving what is still in flight.
+		clear(s.replay[:i])
+		s.replay = s.replay[i:]
+		if len(s.replay) == 0 {
+			s.replay = nil
+		}
 		if s.room != nil {
 			close(s.room)
 			s.room = nil
