@@ -48,15 +48,13 @@ type reader struct {
 	seenByWatch uint64
 	armed       bool
 	watchdog    *time.Timer
-	idleAfter   time.Duration
 }
 
 func newReader() *reader {
 	r := &reader{
-		sem:       make(chan struct{}, 1),
-		up:        make(chan struct{}),
-		handoff:   make(chan message, 1),
-		idleAfter: readerIdle,
+		sem:     make(chan struct{}, 1),
+		up:      make(chan struct{}),
+		handoff: make(chan message, 1),
 	}
 	r.watchdog = time.AfterFunc(time.Hour, r.watch)
 	r.watchdog.Stop()
@@ -210,6 +208,7 @@ func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
 	var m message
 	select {
 	case m = <-r.handoff:
+		r.mu.Lock()
 	case <-ctx.Done():
 		r.mu.Lock()
 		if r.waiting {
@@ -218,9 +217,7 @@ func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
 		}
 		// The reader handed a message over as ctx ended: keep it.
 		m = <-r.handoff
-		r.mu.Unlock()
 	}
-	r.mu.Lock()
 	if m.err != nil {
 		return message{}, false
 	}
@@ -234,7 +231,7 @@ func (r *reader) leave(m message) message {
 	if !r.armed && r.link != nil && !r.bg {
 		r.armed = true
 		r.seenByWatch = r.readsDone
-		r.watchdog.Reset(r.idleAfter)
+		r.watchdog.Reset(readerIdle)
 	}
 	r.mu.Unlock()
 	return m
@@ -253,7 +250,7 @@ func (r *reader) watch() {
 		// Reads are still coming: look again later.
 		r.armed = true
 		r.seenByWatch = r.readsDone
-		r.watchdog.Reset(r.idleAfter)
+		r.watchdog.Reset(readerIdle)
 		return
 	}
 	r.startBackground(r.link)
