@@ -82,7 +82,7 @@ func TestRefusedIsRetried(t *testing.T) {
 // before the new one is used, the conn id on every handshake, and no
 // goroutine growth across reconnects.
 func TestOneLinkAtATime(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it counts the process's goroutines.
 	var active, maxActive atomic.Int64
 	s := newTestServer(t, func(ctx context.Context, c *websocket.Conn) {
 		n := active.Add(1)
