@@ -114,6 +114,7 @@ func newConn(u string, o *options) *Conn {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.queue.max = o.queueBytes
 	c.rd = newReader()
+	c.rd.onTake = c.took
 	c.stateSince = time.Now()
 	return c
 }

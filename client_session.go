@@ -26,6 +26,12 @@ type clientSession struct {
 	id     [16]byte
 	secret [16]byte
 
+	// wmu orders transmissions: it is held from numbering a frame to
+	// handing it to the transport, and taken before seq.mu. A Read never
+	// waits for it, so that a Write stuck on a full socket cannot stop the
+	// reading that would unblock it.
+	wmu sync.Mutex
+
 	ackMu    sync.Mutex
 	ackArmed bool
 	ackTimer *time.Timer
@@ -34,9 +40,13 @@ type clientSession struct {
 // frameTransport carries session frames: a WebSocket or HTTP long polling.
 type frameTransport interface {
 	readFrame(ctx context.Context) (frame.Frame, error)
-	// writeFrame sends f; the session's seq.mu is held, which keeps frames in
-	// order.
-	writeFrame(f *frame.Frame) error
+	// prepare encodes f, or queues a copy of it, for the next send; the
+	// session's seq.mu is held, and its wmu once the link is live, so the
+	// payload (the replay buffer's copy) is read under seq.mu only.
+	prepare(f frame.Frame)
+	// send transmits what prepare prepared; the session's wmu is held, once
+	// the link is live.
+	send() error
 	Ping(ctx context.Context) error
 	Close(code websocket.StatusCode, reason string) error
 	CloseNow() error
@@ -52,6 +62,8 @@ type sessionLink struct {
 	live *liveLink // set once the link is live
 }
 
+// Read returns the next new message from the server. Acknowledging it is
+// left to the Conn's reader, once the application has read it (see took).
 func (l *sessionLink) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
 	s := l.s
 	for {
@@ -69,24 +81,11 @@ func (l *sessionLink) Read(ctx context.Context) (websocket.MessageType, []byte, 
 		}
 		s.seq.mu.Lock()
 		deliver, err := s.seq.receive(&f)
-		var ackErr error
-		ackNow := deliver && s.seq.needAck(ackEvery)
-		if ackNow {
-			af := s.seq.ackFrame()
-			ackErr = l.t.writeFrame(&af)
-		}
 		s.seq.mu.Unlock()
 		if err != nil {
 			return 0, nil, err
 		}
-		if ackErr != nil && l.live != nil {
-			// The message is ours already; the next read finds the link dead.
-			l.live.fail(ackErr)
-		}
 		if deliver {
-			if !ackNow {
-				l.c.armAck(s)
-			}
 			return msgType(f.Binary), f.Payload, nil
 		}
 	}
@@ -97,21 +96,28 @@ func (l *sessionLink) Read(ctx context.Context) (websocket.MessageType, []byte, 
 // next link.
 func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	s := l.s
-	s.seq.mu.Lock()
-	defer s.seq.mu.Unlock()
 	for {
+		s.wmu.Lock()
+		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
 		if ok {
-			if err := l.t.writeFrame(&f); err != nil && l.live != nil {
+			l.t.prepare(f)
+			s.seq.mu.Unlock()
+			err := l.t.send()
+			s.wmu.Unlock()
+			if err != nil && l.live != nil {
 				l.live.fail(err)
 			}
 			return nil
 		}
+		room := s.seq.roomChan()
+		s.seq.mu.Unlock()
+		s.wmu.Unlock()
 		var dead <-chan struct{}
 		if l.live != nil {
 			dead = l.live.dead
 		}
-		if err := s.seq.waitRoom(ctx, dead); err != nil {
+		if err := waitRoom(ctx, room, dead); err != nil {
 			return fmt.Errorf("tether: waiting for acknowledgements: %w", err)
 		}
 	}
@@ -124,6 +130,28 @@ func (l *sessionLink) Close(code websocket.StatusCode, reason string) error {
 }
 
 func (l *sessionLink) CloseNow() error { return l.t.CloseNow() }
+
+// took acknowledges a message of n bytes the application has read: at once
+// every ackEvery messages or ackEveryBytes, after ackDelay otherwise, unless
+// outgoing traffic carries the ack first. It runs on the Read's goroutine.
+func (c *Conn) took(seq *seqState, n int) {
+	seq.mu.Lock()
+	seq.take(n)
+	now, due := seq.needAck(), seq.ackDue()
+	seq.mu.Unlock()
+	if !due {
+		return
+	}
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	if s == nil || s.seq != seq {
+		return // a message of a session lost since
+	}
+	if !now || !c.sendAck(s, false) {
+		c.armAck(s)
+	}
+}
 
 // armAck schedules an ack-only frame after ackDelay unless outgoing traffic
 // carries the ack first.
@@ -145,23 +173,39 @@ func (c *Conn) sendDelayedAck(s *clientSession) {
 	s.ackMu.Lock()
 	s.ackArmed = false
 	s.ackMu.Unlock()
+	c.sendAck(s, true)
+}
+
+// sendAck sends an ack-only frame on the live link if the application has
+// read messages the server was not told of. Unless wait is set, it gives up
+// and reports false when a Write is transmitting: a Read must not wait for
+// a Write.
+func (c *Conn) sendAck(s *clientSession, wait bool) bool {
 	l := c.live.Load()
 	if l == nil {
-		return
+		return true // the next link's handshake carries the ack
 	}
 	sl, ok := l.link.(*sessionLink)
 	if !ok || sl.s != s {
-		return
+		return true
 	}
+	if wait {
+		s.wmu.Lock()
+	} else if !s.wmu.TryLock() {
+		return false
+	}
+	defer s.wmu.Unlock()
 	s.seq.mu.Lock()
-	defer s.seq.mu.Unlock()
-	if s.seq.recv == s.seq.ackSent {
-		return
+	if !s.seq.ackDue() {
+		s.seq.mu.Unlock()
+		return true
 	}
-	f := s.seq.ackFrame()
-	if err := sl.t.writeFrame(&f); err != nil {
+	sl.t.prepare(s.seq.ackFrame())
+	s.seq.mu.Unlock()
+	if err := sl.t.send(); err != nil {
 		l.fail(err)
 	}
+	return true
 }
 
 // stopAcks stops the delayed-ack timer of the current session.
@@ -195,6 +239,15 @@ func (c *Conn) dropSession() {
 	}
 }
 
+// readAhead is how much of the server's messages a session link reads
+// ahead of the application: what the largest replay buffer a Handler can
+// have lets it send unacknowledged, and one message beyond.
+func (c *Conn) readAhead() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maxReplayBytes + int(c.readLimit)
+}
+
 // resumeHeaders adds what a server needs to resume the Conn's session.
 func (c *Conn) resumeHeaders(h http.Header) {
 	c.mu.Lock()
@@ -204,7 +257,7 @@ func (c *Conn) resumeHeaders(h http.Header) {
 		return
 	}
 	s.seq.mu.Lock()
-	ack := s.seq.recv
+	ack := s.seq.taken
 	s.seq.mu.Unlock()
 	h.Set(headerSession, fmt.Sprintf("%x", s.id))
 	h.Set(headerSecret, fmt.Sprintf("%x", s.secret))
@@ -241,10 +294,12 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 	}
 	c.mu.Unlock()
 
+	// The link is not live yet: nothing else transmits on t.
 	s.seq.mu.Lock()
 	var err error
 	for _, f := range s.seq.unacked(hello.Ack) {
-		if err = t.writeFrame(&f); err != nil {
+		t.prepare(f)
+		if err = t.send(); err != nil {
 			break
 		}
 	}
@@ -266,22 +321,26 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 // wsFrames carries session frames over a WebSocket.
 type wsFrames struct {
 	ws  *websocket.Conn
-	buf []byte // encoding buffer, used under the session's seq.mu
+	rb  readBuf // used by one reader at a time
+	buf []byte  // encoding buffer, used under the session's seq.mu
 }
 
 func (w *wsFrames) readFrame(ctx context.Context) (frame.Frame, error) {
-	typ, b, err := w.ws.Read(ctx)
+	typ, b, owned, err := w.rb.read(ctx, w.ws)
 	if err != nil {
 		return frame.Frame{}, err
 	}
 	if typ != websocket.MessageBinary {
 		return frame.Frame{}, errors.New("tether: text message on a tether.v1 link")
 	}
-	return frame.Decode(b)
+	f, err := frame.Decode(b)
+	f.Payload = payloadCopy(f.Payload, owned)
+	return f, err
 }
 
-func (w *wsFrames) writeFrame(f *frame.Frame) error {
-	w.buf = frame.Append(w.buf[:0], f)
+func (w *wsFrames) prepare(f frame.Frame) { w.buf = frame.Append(w.buf[:0], &f) }
+
+func (w *wsFrames) send() error {
 	err := w.ws.Write(context.Background(), websocket.MessageBinary, w.buf)
 	if cap(w.buf) > 64<<10 {
 		w.buf = nil

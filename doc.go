@@ -33,8 +33,11 @@
 // Tether-Protocol header that a Handler sets; anything else is plain mode.
 // Each side numbers its messages, acknowledges the other's (on traffic, or in
 // ack-only frames when idle) and keeps what is not yet acknowledged in a
-// bounded replay buffer. A new link presents the session and the last number
-// received, and both sides replay the rest. Every message is delivered exactly
+// bounded replay buffer. A message is acknowledged once the application has
+// read it, so the replay buffer is also the flow-control window: each side
+// reads ahead of a slow application up to the peer's buffer, and a Write
+// waits for room. A new link presents the session and the last number read,
+// and both sides replay the rest. Every message is delivered exactly
 // once, in order, across drops and transport switches, for as long as the
 // server keeps the session ([WithSessionTTL], 2 minutes by default).
 //

@@ -184,14 +184,14 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 	return t, fs[0], nil
 }
 
-// start runs the poller and the sender; ack reports the session's receive
-// position for each poll, and onAck takes the acknowledgements that answer
+// start runs the poller and the sender; ack reports, for each poll, what
+// the application has read, and onAck takes the acknowledgements that answer
 // each send.
 func (t *pollTransport) start(ack func() uint64, onAck func(uint64)) {
 	t.ack, t.onAck = ack, onAck
 	t.wg.Add(2)
 	go t.poll()
-	go t.send()
+	go t.sender()
 }
 
 // doPoll makes one polling request and decodes the frames it answers.
@@ -316,7 +316,7 @@ func (t *pollTransport) poll() {
 	}
 }
 
-func (t *pollTransport) send() {
+func (t *pollTransport) sender() {
 	defer t.wg.Done()
 	for {
 		select {
@@ -364,9 +364,18 @@ func (t *pollTransport) readFrame(ctx context.Context) (frame.Frame, error) {
 	}
 }
 
-// writeFrame queues f for the sender. Payloads stay valid: they are the
-// session's replay copies.
-func (t *pollTransport) writeFrame(f *frame.Frame) error {
+// prepare queues f for the sender, with a copy of its payload: the replay
+// buffer's copy may be reused once the server acknowledges it, and a send
+// can be tried again after that.
+func (t *pollTransport) prepare(f frame.Frame) {
+	f.Payload = append([]byte(nil), f.Payload...)
+	t.mu.Lock()
+	t.outbox = append(t.outbox, f)
+	t.mu.Unlock()
+}
+
+// send wakes the sender, or reports why the transport has failed.
+func (t *pollTransport) send() error {
 	select {
 	case <-t.failed:
 		t.errMu.Lock()
@@ -374,9 +383,6 @@ func (t *pollTransport) writeFrame(f *frame.Frame) error {
 		return t.err
 	default:
 	}
-	t.mu.Lock()
-	t.outbox = append(t.outbox, *f)
-	t.mu.Unlock()
 	select {
 	case t.wake <- struct{}{}:
 	default:

@@ -26,7 +26,9 @@ type link interface {
 type liveLink struct {
 	link
 	transport Transport
-	session   bool // link is a *sessionLink
+	session   bool      // link is a *sessionLink
+	seq       *seqState // the session whose messages the link carries, if any
+	readAhead int       // bytes the reader may keep unread (see readsAhead)
 
 	// ctx ends when the link is retired; pings derive from it.
 	ctx    context.Context
@@ -49,8 +51,13 @@ type liveLink struct {
 }
 
 func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
-	_, session := l.(*sessionLink)
-	ll := &liveLink{link: l, transport: t, session: session, dead: make(chan struct{})}
+	ll := &liveLink{link: l, transport: t, dead: make(chan struct{})}
+	switch l := l.(type) {
+	case *sessionLink:
+		ll.session, ll.seq = true, l.s.seq
+	case *serverWS:
+		ll.seq = l.s.seq
+	}
 	ll.ctx, ll.cancel = context.WithCancel(parent)
 	ll.touch()
 	return ll

@@ -19,23 +19,29 @@ import (
 // coder/websocket, which closes a link whose Read ctx ends.
 
 type message struct {
-	typ websocket.MessageType
-	p   []byte
-	err error
+	typ   websocket.MessageType
+	p     []byte
+	err   error
+	owner *seqState // the session the message belongs to, if any
 }
 
 // reader serves Read calls from whichever link is current, for a Conn and,
 // on the server, for a Session.
 type reader struct {
-	sem     chan struct{} // one Read at a time
-	mu      sync.Mutex
-	link    *liveLink     // the link to read; nil while there is none
-	up      chan struct{} // closed when link is set, renewed when it is cleared
-	final   error         // set when the Conn has ended
-	pending []message     // messages read while nobody was waiting, oldest first
-	more    chan struct{} // closed when deliver adds to pending; renewed
-	room    chan struct{} // closed when a Read takes from pending; renewed
-	lost    error         // a lost session, reported once by Read
+	sem          chan struct{} // one Read at a time
+	mu           sync.Mutex
+	link         *liveLink     // the link to read; nil while there is none
+	up           chan struct{} // closed when link is set, renewed when it is cleared
+	final        error         // set when the Conn has ended
+	pending      []message     // messages read while nobody was waiting, oldest first
+	pendingBytes int           // bytes of the messages in pending
+	more         chan struct{} // closed when deliver adds to pending; renewed
+	room         chan struct{} // closed when a Read takes from pending; renewed
+	lost         error         // a lost session, reported once by Read
+
+	// onTake, if set, is called on the Read's goroutine for every message of
+	// a session that Read returns: the message is acknowledged once read.
+	onTake func(seq *seqState, n int)
 
 	inRead bool // a Read call is in progress
 	direct bool // a Read call is reading the link on its own goroutine
@@ -99,6 +105,9 @@ func (r *reader) read(ctx context.Context) message {
 	}
 	m := r.readLocked(ctx)
 	<-r.sem
+	if m.owner != nil && r.onTake != nil {
+		r.onTake(m.owner, len(m.p))
+	}
 	return m
 }
 
@@ -111,6 +120,7 @@ func (r *reader) readLocked(ctx context.Context) message {
 			m := r.pending[0]
 			r.pending[0] = message{}
 			r.pending = r.pending[1:]
+			r.pendingBytes -= len(m.p)
 			if len(r.pending) == 0 {
 				r.pending = nil
 			}
@@ -184,7 +194,7 @@ func (r *reader) readLocked(ctx context.Context) message {
 		r.direct = false
 		if err == nil {
 			l.touch()
-			return r.leave(message{typ: typ, p: p})
+			return r.leave(message{typ: typ, p: p, owner: l.seq})
 		}
 		if interrupted {
 			// The link is intact: nothing of a frame had been read.
@@ -243,7 +253,10 @@ func (r *reader) watch() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.armed = false
-	if r.inRead || r.bg || r.direct || len(r.pending) > 0 || r.link == nil || r.final != nil {
+	if r.inRead || r.bg || r.direct || r.link == nil || r.final != nil {
+		return
+	}
+	if len(r.pending) > 0 && !r.readsAhead(r.link) {
 		return
 	}
 	if r.readsDone != r.seenByWatch {
@@ -280,7 +293,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 			return
 		}
 		l.touch()
-		m := message{typ: typ, p: p}
+		m := message{typ: typ, p: p, owner: l.seq}
 		if r.waiting {
 			r.waiting = false
 			r.handoff <- m
@@ -293,13 +306,28 @@ func (r *reader) backgroundRead(l *liveLink) {
 			r.mu.Unlock()
 			continue
 		}
-		// Nobody is reading: keep the message and stop reading until a Read
-		// takes it, so a slow application pushes back on the sender.
+		// Nobody is reading: keep the message. On a plain link, stop
+		// reading until a Read takes it, so a slow application pushes back
+		// on the sender. A session link is read on (see readsAhead).
 		r.pending = append(r.pending, m)
+		r.pendingBytes += len(m.p)
+		if r.readsAhead(l) {
+			r.mu.Unlock()
+			continue
+		}
 		r.bg = false
 		r.mu.Unlock()
 		return
 	}
+}
+
+// readsAhead reports whether l is read on while messages wait for the
+// application; r.mu is held. A session link is, up to its bound: acks, and
+// a peer's Write that waits for them, must not wait for the application,
+// and the peer's replay buffer bounds what an honest peer sends unread. A
+// peer that sends more is pushed back like a plain one.
+func (r *reader) readsAhead(l *liveLink) bool {
+	return r.pendingBytes < l.readAhead
 }
 
 // stalled reports whether the link is unread because the application has not
@@ -316,7 +344,7 @@ func (r *reader) setLink(l *liveLink) {
 	defer r.mu.Unlock()
 	r.link = l
 	close(r.up)
-	if !r.inRead && len(r.pending) == 0 {
+	if !r.inRead && (len(r.pending) == 0 || r.readsAhead(l)) {
 		r.startBackground(l)
 	}
 }
@@ -377,6 +405,7 @@ func (r *reader) deliver(m message, max int, done <-chan struct{}) bool {
 	}
 	defer r.mu.Unlock()
 	r.pending = append(r.pending, m)
+	r.pendingBytes += len(m.p)
 	if r.more != nil {
 		close(r.more)
 		r.more = nil

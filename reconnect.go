@@ -323,6 +323,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	}
 	l := newLiveLink(c.ctx, sl, WebSocket)
 	l.watch = d.watch
+	l.readAhead = c.readAhead()
 	sl.live = l
 	return l, nil
 }
@@ -341,13 +342,14 @@ func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
 	t.start(func() uint64 {
 		seq.mu.Lock()
 		defer seq.mu.Unlock()
-		return seq.recv
+		return seq.taken
 	}, func(ack uint64) {
 		seq.mu.Lock()
 		defer seq.mu.Unlock()
 		seq.acked(ack)
 	})
 	l := newLiveLink(c.ctx, sl, Polling)
+	l.readAhead = c.readAhead()
 	sl.live = l
 	return l, nil
 }

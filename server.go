@@ -336,8 +336,13 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	seq    *seqState  // numbering and replay; seq.mu orders transmissions
-	wbuf   []byte     // frame encoding buffer, used under seq.mu
+	seq *seqState // numbering and replay
+	// wmu orders transmissions: it is held from numbering a frame to
+	// writing it, and taken before seq.mu. Reading never waits for it, so
+	// that a Write stuck on a full socket cannot stop the reading that
+	// would unblock it.
+	wmu    sync.Mutex
+	wbuf   []byte     // frame encoding buffer, used under wmu
 	recvMu sync.Mutex // one receiver at a time, even while links change
 	// rd serves Read: on the serve goroutine itself while it waits in Read
 	// (no goroutine hop per message), by a background reader otherwise.
@@ -358,6 +363,7 @@ type Session struct {
 
 func newSession(h *Handler) *Session {
 	s := &Session{h: h, seq: newSeqState(h.opts.replayBytes), rd: newReader()}
+	s.rd.onTake = s.took
 	_, _ = rand.Read(s.id[:])
 	_, _ = rand.Read(s.secret[:])
 	s.idStr = hex.EncodeToString(s.id[:])
@@ -407,25 +413,29 @@ func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte
 	if s.plain != nil {
 		return s.plain.Write(ctx, typ, p)
 	}
-	s.seq.mu.Lock()
-	defer s.seq.mu.Unlock()
 	for {
 		if s.isEnded() {
 			return s.endError()
 		}
+		s.wmu.Lock()
+		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
 		if ok {
-			s.transmit(&f)
+			l := s.prepare(&f)
+			s.seq.mu.Unlock()
+			s.send(l)
+			s.wmu.Unlock()
 			return nil
 		}
+		room := s.seq.roomChan()
+		s.seq.mu.Unlock()
+		s.wmu.Unlock()
 		if !s.hasLink() {
 			err := fmt.Errorf("tether: session %s: replay buffer full while the client is away: %w", s.idStr, ErrSessionLost)
-			s.seq.mu.Unlock()
 			s.end(websocket.StatusPolicyViolation, "replay buffer overflow", err)
-			s.seq.mu.Lock()
 			return err
 		}
-		if err := s.seq.waitRoom(ctx, s.ctx.Done()); err != nil {
+		if err := waitRoom(ctx, room, s.ctx.Done()); err != nil {
 			if errors.Is(err, errSessionDone) || s.ctx.Err() != nil {
 				return s.endError()
 			}
@@ -468,26 +478,40 @@ func (s *Session) endError() error {
 	return s.endErr
 }
 
-// transmit sends f on the current link, if any; s.seq.mu is held, which
-// keeps frames in sequence order. A failed send leaves f for replay.
-func (s *Session) transmit(f *frame.Frame) {
+// prepare encodes f for the current WebSocket link and returns that link
+// for send; on long polling it wakes the waiting poll, which takes frames
+// from the replay buffer itself. f may be nil when only the poll is to be
+// woken. s.wmu and s.seq.mu are held: the link a frame
+// goes to is chosen in sequence order, and the replay buffer's copy of the
+// payload is read under seq.mu only.
+func (s *Session) prepare(f *frame.Frame) *liveLink {
 	s.linkMu.Lock()
 	l, poll := s.ws, s.poll
 	s.linkMu.Unlock()
 	switch {
-	case l != nil:
-		ws := l.link.(*serverWS).ws
+	case l != nil && f != nil:
 		s.wbuf = frame.Append(s.wbuf[:0], f)
-		err := ws.Write(context.Background(), websocket.MessageBinary, s.wbuf)
-		if cap(s.wbuf) > 64<<10 {
-			s.wbuf = nil // do not hold on to a big message's buffer
-		}
-		if err != nil {
-			l.fail(err)
-			_ = ws.CloseNow()
-		}
-	case poll != nil:
+		return l
+	case l == nil && poll != nil:
 		poll.notify()
+	}
+	return nil
+}
+
+// send writes what prepare encoded on l, if any; s.wmu is held. A failed
+// send leaves the frame for replay.
+func (s *Session) send(l *liveLink) {
+	if l == nil {
+		return
+	}
+	ws := l.link.(*serverWS).ws
+	err := ws.Write(context.Background(), websocket.MessageBinary, s.wbuf)
+	if cap(s.wbuf) > 64<<10 {
+		s.wbuf = nil // do not hold on to a big message's buffer
+	}
+	if err != nil {
+		l.fail(err)
+		_ = ws.CloseNow()
 	}
 }
 
@@ -503,7 +527,7 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	if s.isEnded() {
 		return nil, nil, s.endError()
 	}
-	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.recv}
+	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
 	if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &hello)); err != nil {
 		return nil, nil, err
 	}
@@ -514,6 +538,9 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	}
 	l := newLiveLink(context.Background(), &serverWS{s: s, ws: c}, WebSocket)
 	l.watch = w
+	// What an honest client can have sent unacknowledged: its replay
+	// buffer, and one message beyond.
+	l.readAhead = DefaultReplayBytes + int(s.h.opts.readLimit)
 	done := make(chan struct{})
 	s.linkMu.Lock()
 	s.ws, s.wsDone, s.transport = l, done, WebSocket
@@ -567,11 +594,12 @@ var errReplaced = errors.New("tether: the client opened a new link")
 type serverWS struct {
 	s  *Session
 	ws *websocket.Conn
+	rb readBuf // used by the session's one reader
 }
 
 func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
 	for {
-		typ, b, err := l.ws.Read(ctx)
+		typ, b, owned, err := l.rb.read(ctx, l.ws)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -595,7 +623,7 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 			return 0, nil, err
 		}
 		if deliver {
-			return m.typ, m.p, nil
+			return m.typ, payloadCopy(m.p, owned), nil
 		}
 	}
 }
@@ -627,17 +655,24 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	}
 	s.seq.mu.Lock()
 	deliver, err := s.seq.receive(f)
-	ackNow := deliver && s.seq.needAck(ackEvery)
 	s.seq.mu.Unlock()
 	if err != nil || !deliver {
 		return message{}, false, err
 	}
-	if ackNow {
-		s.sendAck()
-	} else {
+	return message{typ: msgType(f.Binary), p: f.Payload, owner: s.seq}, true, nil
+}
+
+// took acknowledges a message of n bytes serve has read: at once every
+// ackEvery messages or ackEveryBytes, after ackDelay otherwise, unless
+// outgoing traffic carries the ack first. It runs on the Read's goroutine.
+func (s *Session) took(seq *seqState, n int) {
+	seq.mu.Lock()
+	seq.take(n)
+	now, due := seq.needAck(), seq.ackDue()
+	seq.mu.Unlock()
+	if due && (!now || !s.sendAck(false)) {
 		s.armAck()
 	}
-	return message{typ: msgType(f.Binary), p: f.Payload}, true, nil
 }
 
 // armAck schedules a delayed ack-only frame, once per window.
@@ -658,18 +693,39 @@ func (s *Session) sendDelayedAck() {
 	s.linkMu.Lock()
 	s.ackArmed = false
 	s.linkMu.Unlock()
-	s.sendAck()
+	s.sendAck(true)
 }
 
-// sendAck sends an ack-only frame if anything is unacknowledged.
-func (s *Session) sendAck() {
-	s.seq.mu.Lock()
-	defer s.seq.mu.Unlock()
-	if s.seq.recv == s.seq.ackSent {
-		return
+// sendAck tells the client what serve has read, if it was not told yet: an
+// ack-only frame on WebSocket, the waiting poll's answer on long polling.
+// Unless wait is set, it gives up and reports false when a Write is
+// transmitting: a Read must not wait for a Write.
+func (s *Session) sendAck(wait bool) bool {
+	if wait {
+		s.wmu.Lock()
+	} else if !s.wmu.TryLock() {
+		return false
 	}
-	f := s.seq.ackFrame()
-	s.transmit(&f)
+	defer s.wmu.Unlock()
+	s.seq.mu.Lock()
+	if !s.seq.ackDue() {
+		s.seq.mu.Unlock()
+		return true
+	}
+	s.linkMu.Lock()
+	polling := s.poll != nil && s.ws == nil
+	s.linkMu.Unlock()
+	var l *liveLink
+	if polling {
+		// The poll's answer carries the ack (see unsent).
+		l = s.prepare(nil)
+	} else {
+		f := s.seq.ackFrame()
+		l = s.prepare(&f)
+	}
+	s.seq.mu.Unlock()
+	s.send(l)
+	return true
 }
 
 // linkLost handles the end of a WebSocket link: unless a newer link took

@@ -27,7 +27,7 @@ type handlerOptions struct {
 const (
 	DefaultSessionTTL  = 2 * time.Minute
 	DefaultMaxSessions = 10000
-	DefaultReplayBytes = 1 << 20
+	DefaultReplayBytes = 4 << 20
 	DefaultMaxBody     = 1 << 20
 	DefaultMaxBatch    = 256
 	DefaultPollWait    = 25 * time.Second
@@ -84,11 +84,12 @@ func WithMaxSessions(n int) HandlerOption {
 // its client has not acknowledged. While the client is connected a Write
 // that does not fit waits for acknowledgements; while it is away, a Write
 // that does not fit ends the session with ErrSessionLost. The default is
-// 1 MiB; 0 keeps the default.
+// 4 MiB; 0 keeps the default; at most 64 MiB (a client reads that much
+// ahead of a slow application, and no more).
 func WithReplayBuffer(bytes int) HandlerOption {
 	return func(o *handlerOptions) {
 		if bytes > 0 {
-			o.replayBytes = bytes
+			o.replayBytes = min(bytes, maxReplayBytes)
 		}
 	}
 }

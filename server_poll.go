@@ -189,7 +189,7 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request) {
 	if status == frame.StatusResumed {
 		s.seq.acked(resume.ack)
 	}
-	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.recv}
+	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
 	s.linkMu.Lock()
 	ended := s.ended
 	if !ended {
@@ -236,11 +236,14 @@ func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p
 		wake, closed, code, reason := p.wake, p.closed, p.code, p.reason
 		p.mu.Unlock()
 		if closed && code != 0 {
-			fs = append(fs, frame.Frame{Kind: frame.Close, Code: uint16(code), Reason: reason, Ack: s.seq.recv})
+			fs = append(fs, frame.Frame{Kind: frame.Close, Code: uint16(code), Reason: reason, Ack: s.seq.taken})
 		}
 		if len(fs) > 0 || closed {
+			// Encoded under seq.mu: the payloads are the replay buffer's,
+			// reused once acknowledged.
+			body := frame.AppendBatch(nil, fs)
 			s.seq.mu.Unlock()
-			writeFrames(w, fs)
+			writeBatch(w, body)
 			return
 		}
 		s.seq.mu.Unlock()
@@ -302,9 +305,14 @@ func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p
 }
 
 func writeFrames(w http.ResponseWriter, fs []frame.Frame) {
+	writeBatch(w, frame.AppendBatch(nil, fs))
+}
+
+// writeBatch answers a polling request with an encoded batch.
+func writeBatch(w http.ResponseWriter, body []byte) {
 	w.Header().Set("Content-Type", pollMediaType)
 	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(frame.AppendBatch(nil, fs))
+	_, _ = w.Write(body)
 }
 
 // originAllowed applies the WebSocket Origin policy to polling requests: a

@@ -23,9 +23,18 @@ const (
 	headerAck     = "Tether-Ack"
 )
 
-// ackEvery is how many unacknowledged inbound messages make a side send an
-// ack-only frame at once rather than wait for the delayed ack.
-const ackEvery = 32
+// maxReplayBytes bounds a Handler's replay buffer (WithReplayBuffer). A
+// client reads that much of the server's messages ahead of a slow
+// application, and no more.
+const maxReplayBytes = 64 << 20
+
+// ackEvery and ackEveryBytes are how many messages, or bytes, read and not
+// yet acknowledged make a side send an ack-only frame at once rather than
+// wait for the delayed ack.
+const (
+	ackEvery      = 32
+	ackEveryBytes = 64 << 10
+)
 
 var errGap = errors.New("tether: session: message missing in sequence")
 
@@ -33,24 +42,74 @@ type sent struct {
 	seq    uint64
 	binary bool
 	p      []byte
+	buf    *[]byte // p's pooled buffer, if it has one
 }
 
 // seqState is one side's view of a session: it numbers outgoing messages,
 // keeps those the peer has not acknowledged for replay, and drops inbound
 // duplicates. Both the client and the Handler use it.
+//
+// The replay copies live in pooled buffers, given back when the peer
+// acknowledges them, so a live session allocates nothing per message to
+// keep it. Those copies are read only under mu: a transport that sends
+// later copies them first.
 type seqState struct {
 	mu        sync.Mutex
 	nextSeq   uint64 // last sequence number given to an outgoing message
 	recv      uint64 // last sequence number received in order
+	taken     uint64 // last sequence number the application has read: the ack
 	ackSent   uint64 // last ack told to the peer
+	readBytes int    // bytes read since then
 	peerAck   uint64 // highest own sequence number the peer acknowledged
-	replay    []sent // unacknowledged outgoing messages, in order
-	replayLen int    // bytes in replay
-	max       int    // bound on replayLen
+	replay    []sent // replay[head:] are the unacknowledged messages, in order
+	head      int
+	replayLen int // bytes in replay
+	max       int // bound on replayLen
 	room      chan struct{}
 }
 
 func newSeqState(max int) *seqState { return &seqState{max: max} }
+
+// Pooled replay buffers come in a few sizes; a larger message gets a buffer
+// of its own.
+var replayClasses = [...]int{64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10}
+
+var replayPools [len(replayClasses)]sync.Pool
+
+// keep returns a copy of p and the pooled buffer that holds it, if any.
+func keep(p []byte) ([]byte, *[]byte) {
+	if len(p) == 0 {
+		return nil, nil
+	}
+	for i, size := range replayClasses {
+		if len(p) <= size {
+			bp, _ := replayPools[i].Get().(*[]byte)
+			if bp == nil {
+				b := make([]byte, size)
+				bp = &b
+			}
+			return (*bp)[:copy(*bp, p)], bp
+		}
+	}
+	return append([]byte(nil), p...), nil
+}
+
+// release gives m's buffer back to its pool.
+func (m *sent) release() {
+	if m.buf == nil {
+		return
+	}
+	for i, size := range replayClasses {
+		if cap(*m.buf) == size {
+			replayPools[i].Put(m.buf)
+			break
+		}
+	}
+	*m = sent{}
+}
+
+// pending returns the messages the peer has not acknowledged, oldest first.
+func (s *seqState) pending() []sent { return s.replay[s.head:] }
 
 // add numbers an outgoing message and keeps a copy for replay. It reports
 // false, without adding, when the replay buffer has no room for it.
@@ -59,11 +118,18 @@ func (s *seqState) add(typ websocket.MessageType, p []byte) (frame.Frame, bool) 
 		return frame.Frame{}, false
 	}
 	s.nextSeq++
-	m := sent{seq: s.nextSeq, binary: typ == websocket.MessageBinary, p: append([]byte(nil), p...)}
+	m := sent{seq: s.nextSeq, binary: typ == websocket.MessageBinary}
+	m.p, m.buf = keep(p)
+	if len(s.replay) == cap(s.replay) && s.head > 0 && s.head >= len(s.replay)/2 {
+		// Move what is in flight to the front rather than grow.
+		n := copy(s.replay, s.replay[s.head:])
+		clear(s.replay[n:])
+		s.replay, s.head = s.replay[:n], 0
+	}
 	s.replay = append(s.replay, m)
 	s.replayLen += len(p)
-	s.ackSent = s.recv
-	return frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.recv, Binary: m.binary, Payload: m.p}, true
+	s.told()
+	return frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.taken, Binary: m.binary, Payload: m.p}, true
 }
 
 // roomChan returns a channel closed when acknowledgements free room.
@@ -80,22 +146,30 @@ func (s *seqState) acked(ack uint64) {
 		return
 	}
 	s.peerAck = ack
-	i := 0
-	for i < len(s.replay) && s.replay[i].seq <= ack {
-		s.replayLen -= len(s.replay[i].p)
-		i++
+	n := 0
+	for _, m := range s.pending() {
+		if m.seq > ack {
+			break
+		}
+		n++
 	}
-	if i > 0 {
-		// Drop the acknowledged head without moving what is still in flight.
-		clear(s.replay[:i])
-		s.replay = s.replay[i:]
-		if len(s.replay) == 0 {
-			s.replay = nil
-		}
-		if s.room != nil {
-			close(s.room)
-			s.room = nil
-		}
+	if n == 0 {
+		return
+	}
+	for i := s.head; i < s.head+n; i++ {
+		s.replayLen -= len(s.replay[i].p)
+		s.replay[i].release()
+	}
+	s.head += n
+	if s.head == len(s.replay) {
+		s.replay, s.head = s.replay[:0], 0
+	}
+	// A writer waiting for room is woken once half the buffer is free, not
+	// at every ack of a saturated stream; it waits again if its message
+	// still does not fit.
+	if s.room != nil && s.replayLen <= s.max/2 {
+		close(s.room)
+		s.room = nil
 	}
 }
 
@@ -119,27 +193,45 @@ func (s *seqState) receive(f *frame.Frame) (deliver bool, err error) {
 	return true, nil
 }
 
-// needAck reports whether enough has arrived unacknowledged to send an
+// take records that the application has read the next message received.
+// A message is acknowledged once read, not once received: what a side has
+// received but not read is bounded by the peer's replay buffer, so a reader
+// may read ahead of a slow application without bound on memory.
+func (s *seqState) take(n int) {
+	if s.taken < s.recv {
+		s.taken++
+		s.readBytes += n
+	}
+}
+
+// told records that the peer has been told of everything read.
+func (s *seqState) told() { s.ackSent, s.readBytes = s.taken, 0 }
+
+// ackDue reports whether the application has read messages the peer has
+// not been told of.
+func (s *seqState) ackDue() bool { return s.taken != s.ackSent }
+
+// needAck reports whether enough has been read unacknowledged to send an
 // ack-only frame now.
-func (s *seqState) needAck(threshold uint64) bool {
-	return s.recv-s.ackSent >= threshold && s.recv > s.ackSent
+func (s *seqState) needAck() bool {
+	return s.taken-s.ackSent >= ackEvery || s.readBytes >= ackEveryBytes
 }
 
 // ackFrame returns an ack-only frame and records it as sent.
 func (s *seqState) ackFrame() frame.Frame {
-	s.ackSent = s.recv
-	return frame.Frame{Kind: frame.Ack, Ack: s.recv}
+	s.told()
+	return frame.Frame{Kind: frame.Ack, Ack: s.taken}
 }
 
 // unacked returns the frames to replay on a new link after the peer said it
 // has everything up to peerAck.
 func (s *seqState) unacked(peerAck uint64) []frame.Frame {
 	s.acked(peerAck)
-	fs := make([]frame.Frame, 0, len(s.replay))
-	for _, m := range s.replay {
-		fs = append(fs, frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.recv, Binary: m.binary, Payload: m.p})
+	fs := make([]frame.Frame, 0, len(s.pending()))
+	for _, m := range s.pending() {
+		fs = append(fs, frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.taken, Binary: m.binary, Payload: m.p})
 	}
-	s.ackSent = s.recv
+	s.told()
 	return fs
 }
 
@@ -150,12 +242,9 @@ func msgType(binary bool) websocket.MessageType {
 	return websocket.MessageText
 }
 
-// waitRoom waits, with s.mu held on entry and exit, until acknowledgements
-// free room in the replay buffer or ctx or done ends.
-func (s *seqState) waitRoom(ctx context.Context, done <-chan struct{}) error {
-	room := s.roomChan()
-	s.mu.Unlock()
-	defer s.mu.Lock()
+// waitRoom waits until room is closed (acknowledgements freed room in the
+// replay buffer) or ctx or done ends.
+func waitRoom(ctx context.Context, room, done <-chan struct{}) error {
 	select {
 	case <-room:
 		return nil
@@ -172,15 +261,15 @@ var errSessionDone = errors.New("tether: session ended")
 // client has not acknowledged: an ack first, then the replay buffer.
 func (s *seqState) unsent(max, maxBytes int) []frame.Frame {
 	var fs []frame.Frame
-	if s.recv != s.ackSent {
+	if s.ackDue() {
 		fs = append(fs, s.ackFrame())
 	}
 	n := 0
-	for _, m := range s.replay {
+	for _, m := range s.pending() {
 		if len(fs) >= max || (n > 0 && n+len(m.p) > maxBytes) {
 			break
 		}
-		fs = append(fs, frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.recv, Binary: m.binary, Payload: m.p})
+		fs = append(fs, frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.taken, Binary: m.binary, Payload: m.p})
 		n += len(m.p)
 	}
 	return fs

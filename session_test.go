@@ -185,12 +185,13 @@ func TestSessionExactlyOnceThroughResets(t *testing.T) {
 	c := dial(t, "ws://"+p.Addr(), ev.option())
 	resets := 0
 	streams(t, c, got, n, 200, func() {
-		// Reset the link and wait for the next, so that every reset cuts
-		// a live link in the middle of both streams.
-		before := p.Accepted()
+		// Reset the link and wait until the Conn is back on the next, so
+		// that every reset cuts a live link in the middle of both streams
+		// (the client reads ahead, so its Reads do not pace the resets).
+		before := c.Stats().Reconnects
 		p.Reset()
 		resets++
-		eventually(t, 10*time.Second, func() bool { return p.Accepted() > before }, "a new link after the reset")
+		eventually(t, 10*time.Second, func() bool { return c.Stats().Reconnects > before }, "a new link after the reset")
 	})
 	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(resets))
 	for _, sc := range ev.list() {

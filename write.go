@@ -196,7 +196,9 @@ func (c *Conn) flush(l *liveLink) error {
 			return nil
 		}
 		c.mu.Unlock()
-		if err := l.Write(context.Background(), m.typ, m.p); err != nil {
+		// l.ctx ends when the link is retired or the Conn closed: a session
+		// link may wait here for acknowledgements.
+		if err := l.Write(l.writeCtx(l.ctx), m.typ, m.p); err != nil {
 			c.mu.Lock()
 			c.queue.unpop(m)
 			c.mu.Unlock()
