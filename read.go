@@ -53,6 +53,7 @@ type reader struct {
 	readsDone   uint64       // finished Read calls, for the watchdog
 	seenByWatch uint64
 	armed       bool
+	idle        time.Duration // the watchdog's next delay (see readerIdle)
 	watchdog    *time.Timer
 }
 
@@ -61,6 +62,7 @@ func newReader() *reader {
 		sem:     make(chan struct{}, 1),
 		up:      make(chan struct{}),
 		handoff: make(chan message, 1),
+		idle:    readerIdle,
 	}
 	r.watchdog = time.AfterFunc(time.Hour, r.watch)
 	r.watchdog.Stop()
@@ -70,7 +72,15 @@ func newReader() *reader {
 // readerIdle is how long the link may go unread after a Read returns before
 // the background reader takes over: long enough for a loop to come back to
 // Read, short enough that pongs, close frames and resets are seen at once.
-const readerIdle = 5 * time.Millisecond
+// While Reads keep coming, the watchdog looks again, less and less often up
+// to readerIdleMax (each look costs a goroutine and may wake a thread), and
+// it is back to readerIdle once it has had to take over. Moving the timer on
+// at every Read instead would cost more: a timer set sooner than the
+// runtime's next one wakes its network poller.
+const (
+	readerIdle    = time.Millisecond
+	readerIdleMax = 8 * time.Millisecond
+)
 
 // Read reads the next data message. It rides through reconnects and returns
 // an error only when the Conn is closed for good, or when ctx ends. Ending ctx
@@ -241,7 +251,7 @@ func (r *reader) leave(m message) message {
 	if !r.armed && r.link != nil && !r.bg {
 		r.armed = true
 		r.seenByWatch = r.readsDone
-		r.watchdog.Reset(readerIdle)
+		r.watchdog.Reset(r.idle)
 	}
 	r.mu.Unlock()
 	return m
@@ -253,7 +263,12 @@ func (r *reader) watch() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.armed = false
-	if r.inRead || r.bg || r.direct || r.link == nil || r.final != nil {
+	if r.inRead || r.direct {
+		// The application is reading: look less often.
+		r.idle = min(2*r.idle, readerIdleMax)
+		return
+	}
+	if r.bg || r.link == nil || r.final != nil {
 		return
 	}
 	if len(r.pending) > 0 && !r.readsAhead(r.link) {
@@ -261,11 +276,13 @@ func (r *reader) watch() {
 	}
 	if r.readsDone != r.seenByWatch {
 		// Reads are still coming: look again later.
+		r.idle = min(2*r.idle, readerIdleMax)
 		r.armed = true
 		r.seenByWatch = r.readsDone
-		r.watchdog.Reset(readerIdle)
+		r.watchdog.Reset(r.idle)
 		return
 	}
+	r.idle = readerIdle
 	r.startBackground(r.link)
 }
 
