@@ -44,9 +44,10 @@ type frameTransport interface {
 	// session's seq.mu is held, and its wmu once the link is live, so the
 	// payload (the replay buffer's copy) is read under seq.mu only.
 	prepare(f frame.Frame)
-	// send transmits what prepare prepared; the session's wmu is held, once
-	// the link is live.
-	send() error
+	// send transmits what prepare prepared; the session's wmu is held. A
+	// ctx that can end closes a WebSocket link when it ends during the write
+	// (coder/websocket's rule), so the hot path passes context.Background().
+	send(ctx context.Context) error
 	Ping(ctx context.Context) error
 	Close(code websocket.StatusCode, reason string) error
 	CloseNow() error
@@ -55,11 +56,12 @@ type frameTransport interface {
 // sessionLink is a link in session mode: messages are numbered, acknowledged
 // and replayed over whichever transport is below.
 type sessionLink struct {
-	lost error // set when this link opened a new session in place of a lost one
-	c    *Conn
-	s    *clientSession
-	t    frameTransport
-	live *liveLink // set once the link is live
+	lost    error // set when this link opened a new session in place of a lost one
+	c       *Conn
+	s       *clientSession
+	t       frameTransport
+	live    *liveLink // set once the link is live
+	peerAck uint64    // the server's ack in its Hello: replay what follows
 }
 
 // Read returns the next new message from the server. Acknowledging it is
@@ -98,12 +100,18 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 	s := l.s
 	for {
 		s.wmu.Lock()
+		if l.live != nil && l.live.failed() {
+			// Not numbered on a dead link: the Write goes to the next one,
+			// after that link's replay.
+			s.wmu.Unlock()
+			return l.live.err
+		}
 		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
 		if ok {
 			l.t.prepare(f)
 			s.seq.mu.Unlock()
-			err := l.t.send()
+			err := l.t.send(context.Background())
 			s.wmu.Unlock()
 			if err != nil && l.live != nil {
 				l.live.fail(err)
@@ -130,6 +138,37 @@ func (l *sessionLink) Close(code websocket.StatusCode, reason string) error {
 }
 
 func (l *sessionLink) CloseNow() error { return l.t.CloseNow() }
+
+// replay sends what the server has not acknowledged, before anything else
+// is sent on the link. It runs once the link is read: the server replays to
+// the client at the same time, and a side that wrote megabytes without
+// reading would wait for the other for ever. The payloads are copied, since
+// they are sent outside seq.mu; wmu keeps new Writes behind them. ctx ends
+// the replay, closing the link, when the Conn closes; so does the link
+// failing meanwhile.
+func (l *sessionLink) replay(ctx context.Context) error {
+	s := l.s
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.seq.mu.Lock()
+	fs := s.seq.unacked(l.peerAck)
+	for i := range fs {
+		fs[i].Payload = append([]byte(nil), fs[i].Payload...)
+	}
+	s.seq.mu.Unlock()
+	if len(fs) == 0 {
+		return nil
+	}
+	ctx, cancel := untilDead(ctx, l.live)
+	defer cancel()
+	for _, f := range fs {
+		l.t.prepare(f)
+		if err := l.t.send(ctx); err != nil {
+			return fmt.Errorf("tether: replaying to the server: %w", err)
+		}
+	}
+	return nil
+}
 
 // took acknowledges a message of n bytes the application has read: at once
 // every ackEvery messages or ackEveryBytes, after ackDelay otherwise, unless
@@ -202,7 +241,7 @@ func (c *Conn) sendAck(s *clientSession, wait bool) bool {
 	}
 	sl.t.prepare(s.seq.ackFrame())
 	s.seq.mu.Unlock()
-	if err := sl.t.send(); err != nil {
+	if err := sl.t.send(context.Background()); err != nil {
 		l.fail(err)
 	}
 	return true
@@ -294,20 +333,9 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 	}
 	c.mu.Unlock()
 
-	// The link is not live yet: nothing else transmits on t.
-	s.seq.mu.Lock()
-	var err error
-	for _, f := range s.seq.unacked(hello.Ack) {
-		t.prepare(f)
-		if err = t.send(); err != nil {
-			break
-		}
-	}
-	s.seq.mu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("tether: replaying to the server: %w", err)
-	}
-	sl := &sessionLink{c: c, s: s, t: t}
+	// What the server has not acknowledged is replayed once the link is
+	// read (see replay).
+	sl := &sessionLink{c: c, s: s, t: t, peerAck: hello.Ack}
 	if lost {
 		c.logf(slog.LevelWarn, "session lost: the server did not resume it", WebSocket, 0)
 		sl.lost = fmt.Errorf("tether: the server could not resume the session; messages may be missing: %w", ErrSessionLost)
@@ -322,7 +350,7 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 type wsFrames struct {
 	ws  *websocket.Conn
 	rb  readBuf // used by one reader at a time
-	buf []byte  // encoding buffer, used under the session's seq.mu
+	buf []byte  // encoding buffer, used under the session's wmu
 }
 
 func (w *wsFrames) readFrame(ctx context.Context) (frame.Frame, error) {
@@ -340,8 +368,8 @@ func (w *wsFrames) readFrame(ctx context.Context) (frame.Frame, error) {
 
 func (w *wsFrames) prepare(f frame.Frame) { w.buf = frame.Append(w.buf[:0], &f) }
 
-func (w *wsFrames) send() error {
-	err := w.ws.Write(context.Background(), websocket.MessageBinary, w.buf)
+func (w *wsFrames) send(ctx context.Context) error {
+	err := w.ws.Write(ctx, websocket.MessageBinary, w.buf)
 	if cap(w.buf) > 64<<10 {
 		w.buf = nil
 	}

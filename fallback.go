@@ -375,7 +375,7 @@ func (t *pollTransport) prepare(f frame.Frame) {
 }
 
 // send wakes the sender, or reports why the transport has failed.
-func (t *pollTransport) send() error {
+func (t *pollTransport) send(context.Context) error {
 	select {
 	case <-t.failed:
 		t.errMu.Lock()

@@ -74,6 +74,21 @@ func (l *liveLink) fail(err error) {
 	})
 }
 
+// untilDead returns a ctx that ends with parent or when l fails, for a
+// write that must not outlive the link (a replay). Passed to
+// coder/websocket, its end closes the link.
+func untilDead(parent context.Context, l *liveLink) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	go func() {
+		select {
+		case <-l.dead:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (l *liveLink) failed() bool {
 	select {
 	case <-l.dead:

@@ -269,6 +269,12 @@ func (c *Conn) bringUp(ctx context.Context, l *liveLink) error {
 	c.transport = l.transport
 	c.mu.Unlock()
 	c.rd.setLink(l)
+	if sl, ok := l.link.(*sessionLink); ok {
+		if err := sl.replay(l.ctx); err != nil {
+			c.retire(l, false)
+			return err
+		}
+	}
 	if fn := c.opts.onConnect; fn != nil {
 		hctx := context.WithValue(ctx, onConnectKey{}, l)
 		if err := fn(hctx, c); err != nil {

@@ -516,25 +516,32 @@ func (s *Session) send(l *liveLink) {
 }
 
 // attachWS makes c the session's link: the old link is closed and its
-// reader gone first, then the client is greeted and everything it has not
-// acknowledged is replayed.
+// reader gone first, then the client is greeted, the link is read, and
+// everything the client has not acknowledged is replayed. The replay goes
+// out while the link is read: the client replays to the server at the same
+// time, and a side that wrote megabytes without reading would wait for the
+// other for ever. s.wmu keeps serve's Writes behind the replay.
 func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status, clientAck uint64) (*liveLink, chan struct{}, error) {
 	s.detach()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.recvMu.Lock()
-	defer s.recvMu.Unlock()
 	s.seq.mu.Lock()
-	defer s.seq.mu.Unlock()
 	if s.isEnded() {
+		s.seq.mu.Unlock()
+		s.recvMu.Unlock()
 		return nil, nil, s.endError()
 	}
 	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
 	if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &hello)); err != nil {
+		s.seq.mu.Unlock()
+		s.recvMu.Unlock()
 		return nil, nil, err
 	}
+	// Encoded here: the payloads are the replay buffer's, read under seq.mu.
+	var replay [][]byte
 	for _, f := range s.seq.unacked(clientAck) {
-		if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &f)); err != nil {
-			return nil, nil, err
-		}
+		replay = append(replay, frame.Append(nil, &f))
 	}
 	l := newLiveLink(context.Background(), &serverWS{s: s, ws: c}, WebSocket)
 	l.watch = w
@@ -546,7 +553,20 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	s.ws, s.wsDone, s.transport = l, done, WebSocket
 	s.ttl.Stop()
 	s.linkMu.Unlock()
+	s.seq.mu.Unlock()
+	s.recvMu.Unlock()
 	s.rd.setLink(l)
+
+	if len(replay) > 0 {
+		ctx, cancel := untilDead(s.ctx, l)
+		defer cancel()
+		for _, b := range replay {
+			if err := c.Write(ctx, websocket.MessageBinary, b); err != nil {
+				l.fail(err)
+				break
+			}
+		}
+	}
 	return l, done, nil
 }
 
