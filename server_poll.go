@@ -292,6 +292,15 @@ func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p
 		if err := s.receivePolled(&fs[i], p); err != nil {
 			status := http.StatusBadRequest
 			if errors.Is(err, errMoved) {
+				p.mu.Lock()
+				closed, code, reason := p.closed, p.code, p.reason
+				p.mu.Unlock()
+				if closed && code != 0 {
+					// The session ended while this request was on its way:
+					// say how, as its poll does, rather than that it moved.
+					writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: reason}})
+					return
+				}
 				status = http.StatusConflict
 			}
 			http.Error(w, "tether: "+err.Error(), status)
