@@ -116,8 +116,11 @@ func TestOneLinkAtATime(t *testing.T) {
 	}
 	require.Equal(t, int64(1), maxActive.Load(), "two links of one Conn were open at once")
 	// The old links' goroutines are gone: the count comes back to where it
-	// was with one link (give the server side time to wind down too).
-	eventually(t, 5*time.Second, func() bool { return runtime.NumGoroutine() <= base }, "no goroutine growth")
+	// was with one link (give the server side time to wind down too). One
+	// more is allowed: since base was counted, the reader may have handed
+	// the link to its background reader; a goroutine left per link would
+	// show five.
+	eventually(t, 5*time.Second, func() bool { return runtime.NumGoroutine() <= base+1 }, "no goroutine growth")
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
