@@ -481,9 +481,9 @@ func (s *Session) endError() error {
 // prepare encodes f for the current WebSocket link and returns that link
 // for send; on long polling it wakes the waiting poll, which takes frames
 // from the replay buffer itself. f may be nil when only the poll is to be
-// woken. s.wmu and s.seq.mu are held: the link a frame
-// goes to is chosen in sequence order, and the replay buffer's copy of the
-// payload is read under seq.mu only.
+// woken. s.wmu and s.seq.mu are held: the link a frame goes to is chosen in
+// sequence order, and the replay buffer's copy of the payload is read under
+// seq.mu only.
 func (s *Session) prepare(f *frame.Frame) *liveLink {
 	s.linkMu.Lock()
 	l, poll := s.ws, s.poll
