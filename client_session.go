@@ -155,7 +155,13 @@ func (l *sessionLink) replay(ctx context.Context) error {
 	for i := range fs {
 		fs[i].Payload = append([]byte(nil), fs[i].Payload...)
 	}
+	// Messages read since the handshake told the server how far we were
+	// are acknowledged soon, even if nothing else is sent.
+	due := s.seq.ackDue()
 	s.seq.mu.Unlock()
+	if due {
+		l.c.armAck(s)
+	}
 	if len(fs) == 0 {
 		return nil
 	}

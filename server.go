@@ -538,6 +538,7 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 		s.recvMu.Unlock()
 		return nil, nil, err
 	}
+	s.seq.told() // the Hello carries the ack
 	// Encoded here: the payloads are the replay buffer's, read under seq.mu.
 	var replay [][]byte
 	for _, f := range s.seq.unacked(clientAck) {

@@ -231,7 +231,9 @@ func (s *seqState) unacked(peerAck uint64) []frame.Frame {
 	for _, m := range s.pending() {
 		fs = append(fs, frame.Frame{Kind: frame.Data, Seq: m.seq, Ack: s.taken, Binary: m.binary, Payload: m.p})
 	}
-	s.told()
+	if len(fs) > 0 {
+		s.told() // the frames carry the ack
+	}
 	return fs
 }
 
