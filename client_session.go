@@ -26,12 +26,6 @@ type clientSession struct {
 	id     [16]byte
 	secret [16]byte
 
-	// wmu orders transmissions: it is held from numbering a frame to
-	// handing it to the transport, and taken before seq.mu. A Read never
-	// waits for it, so that a Write stuck on a full socket cannot stop the
-	// reading that would unblock it.
-	wmu sync.Mutex
-
 	ackMu    sync.Mutex
 	ackArmed bool
 	ackTimer *time.Timer
@@ -41,10 +35,10 @@ type clientSession struct {
 type frameTransport interface {
 	readFrame(ctx context.Context) (frame.Frame, error)
 	// prepare encodes f, or queues a copy of it, for the next send; the
-	// session's seq.mu is held, and its wmu once the link is live, so the
+	// session's seq.mu is held, and its seq.wmu once the link is live, so the
 	// payload (the replay buffer's copy) is read under seq.mu only.
 	prepare(f frame.Frame)
-	// send transmits what prepare prepared; the session's wmu is held. A
+	// send transmits what prepare prepared; the session's seq.wmu is held. A
 	// ctx that can end closes a WebSocket link when it ends during the write
 	// (coder/websocket's rule), so the hot path passes context.Background().
 	send(ctx context.Context) error
@@ -99,11 +93,11 @@ func (l *sessionLink) Read(ctx context.Context) (websocket.MessageType, []byte, 
 func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	s := l.s
 	for {
-		s.wmu.Lock()
+		s.seq.wmu.Lock()
 		if l.live != nil && l.live.failed() {
 			// Not numbered on a dead link: the Write goes to the next one,
 			// after that link's replay.
-			s.wmu.Unlock()
+			s.seq.wmu.Unlock()
 			return l.live.err
 		}
 		s.seq.mu.Lock()
@@ -112,7 +106,7 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 			l.t.prepare(f)
 			s.seq.mu.Unlock()
 			err := l.t.send(context.Background())
-			s.wmu.Unlock()
+			s.seq.wmu.Unlock()
 			if err != nil && l.live != nil {
 				l.live.fail(err)
 			}
@@ -120,7 +114,7 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 		}
 		room := s.seq.roomChan()
 		s.seq.mu.Unlock()
-		s.wmu.Unlock()
+		s.seq.wmu.Unlock()
 		var dead <-chan struct{}
 		if l.live != nil {
 			dead = l.live.dead
@@ -143,13 +137,13 @@ func (l *sessionLink) CloseNow() error { return l.t.CloseNow() }
 // is sent on the link. It runs once the link is read: the server replays to
 // the client at the same time, and a side that wrote megabytes without
 // reading would wait for the other for ever. The payloads are copied, since
-// they are sent outside seq.mu; wmu keeps new Writes behind them. ctx ends
+// they are sent outside seq.mu; seq.wmu keeps new Writes behind them. ctx ends
 // the replay, closing the link, when the Conn closes; so does the link
 // failing meanwhile.
 func (l *sessionLink) replay(ctx context.Context) error {
 	s := l.s
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
+	s.seq.wmu.Lock()
+	defer s.seq.wmu.Unlock()
 	s.seq.mu.Lock()
 	fs := s.seq.unacked(l.peerAck)
 	for i := range fs {
@@ -180,16 +174,21 @@ func (l *sessionLink) replay(ctx context.Context) error {
 // every ackEvery messages or ackEveryBytes, after ackDelay otherwise, unless
 // outgoing traffic carries the ack first. It runs on the Read's goroutine.
 func (c *Conn) took(seq *seqState, n int) {
-	seq.mu.Lock()
-	seq.take(n)
-	now, due := seq.needAck(), seq.ackDue()
-	seq.mu.Unlock()
+	due, now := seq.take(n)
 	if !due {
 		return
 	}
-	c.mu.Lock()
-	s := c.sess
-	c.mu.Unlock()
+	var s *clientSession
+	if l := c.live.Load(); l != nil {
+		if sl, ok := l.link.(*sessionLink); ok {
+			s = sl.s // the common case, without taking c.mu
+		}
+	}
+	if s == nil || s.seq != seq {
+		c.mu.Lock()
+		s = c.sess
+		c.mu.Unlock()
+	}
 	if s == nil || s.seq != seq {
 		return // a message of a session lost since
 	}
@@ -223,8 +222,7 @@ func (c *Conn) sendDelayedAck(s *clientSession) {
 
 // sendAck sends an ack-only frame on the live link if the application has
 // read messages the server was not told of. Unless wait is set, it gives up
-// and reports false when a Write is transmitting: a Read must not wait for
-// a Write.
+// and reports false when a Write is transmitting (see lockWrites).
 func (c *Conn) sendAck(s *clientSession, wait bool) bool {
 	l := c.live.Load()
 	if l == nil {
@@ -234,12 +232,10 @@ func (c *Conn) sendAck(s *clientSession, wait bool) bool {
 	if !ok || sl.s != s {
 		return true
 	}
-	if wait {
-		s.wmu.Lock()
-	} else if !s.wmu.TryLock() {
+	if !s.seq.lockWrites(wait) {
 		return false
 	}
-	defer s.wmu.Unlock()
+	defer s.seq.wmu.Unlock()
 	s.seq.mu.Lock()
 	if !s.seq.ackDue() {
 		s.seq.mu.Unlock()
@@ -356,7 +352,7 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 type wsFrames struct {
 	ws  *websocket.Conn
 	rb  readBuf // used by one reader at a time
-	buf []byte  // encoding buffer, used under the session's wmu
+	buf []byte  // encoding buffer, used under the session's seq.wmu
 }
 
 func (w *wsFrames) readFrame(ctx context.Context) (frame.Frame, error) {

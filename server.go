@@ -336,13 +336,8 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	seq *seqState // numbering and replay
-	// wmu orders transmissions: it is held from numbering a frame to
-	// writing it, and taken before seq.mu. Reading never waits for it, so
-	// that a Write stuck on a full socket cannot stop the reading that
-	// would unblock it.
-	wmu    sync.Mutex
-	wbuf   []byte     // frame encoding buffer, used under wmu
+	seq    *seqState  // numbering, replay, and the order of transmissions
+	wbuf   []byte     // frame encoding buffer, used under seq.wmu
 	recvMu sync.Mutex // one receiver at a time, even while links change
 	// rd serves Read: on the serve goroutine itself while it waits in Read
 	// (no goroutine hop per message), by a background reader otherwise.
@@ -417,19 +412,19 @@ func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte
 		if s.isEnded() {
 			return s.endError()
 		}
-		s.wmu.Lock()
+		s.seq.wmu.Lock()
 		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
 		if ok {
 			l := s.prepare(&f)
 			s.seq.mu.Unlock()
 			s.send(l)
-			s.wmu.Unlock()
+			s.seq.wmu.Unlock()
 			return nil
 		}
 		room := s.seq.roomChan()
 		s.seq.mu.Unlock()
-		s.wmu.Unlock()
+		s.seq.wmu.Unlock()
 		if !s.hasLink() {
 			err := fmt.Errorf("tether: session %s: replay buffer full while the client is away: %w", s.idStr, ErrSessionLost)
 			s.end(websocket.StatusPolicyViolation, "replay buffer overflow", err)
@@ -481,9 +476,9 @@ func (s *Session) endError() error {
 // prepare encodes f for the current WebSocket link and returns that link
 // for send; on long polling it wakes the waiting poll, which takes frames
 // from the replay buffer itself. f may be nil when only the poll is to be
-// woken. s.wmu and s.seq.mu are held: the link a frame goes to is chosen in
-// sequence order, and the replay buffer's copy of the payload is read under
-// seq.mu only.
+// woken. s.seq.wmu and s.seq.mu are held: the link a frame goes to is
+// chosen in sequence order, and the replay buffer's copy of the payload is
+// read under seq.mu only.
 func (s *Session) prepare(f *frame.Frame) *liveLink {
 	s.linkMu.Lock()
 	l, poll := s.ws, s.poll
@@ -498,7 +493,7 @@ func (s *Session) prepare(f *frame.Frame) *liveLink {
 	return nil
 }
 
-// send writes what prepare encoded on l, if any; s.wmu is held. A failed
+// send writes what prepare encoded on l, if any; s.seq.wmu is held. A failed
 // send leaves the frame for replay.
 func (s *Session) send(l *liveLink) {
 	if l == nil {
@@ -520,11 +515,11 @@ func (s *Session) send(l *liveLink) {
 // everything the client has not acknowledged is replayed. The replay goes
 // out while the link is read: the client replays to the server at the same
 // time, and a side that wrote megabytes without reading would wait for the
-// other for ever. s.wmu keeps serve's Writes behind the replay.
+// other for ever. s.seq.wmu keeps serve's Writes behind the replay.
 func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status, clientAck uint64) (*liveLink, chan struct{}, error) {
 	s.detach()
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
+	s.seq.wmu.Lock()
+	defer s.seq.wmu.Unlock()
 	s.recvMu.Lock()
 	s.seq.mu.Lock()
 	if s.isEnded() {
@@ -687,11 +682,7 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 // ackEvery messages or ackEveryBytes, after ackDelay otherwise, unless
 // outgoing traffic carries the ack first. It runs on the Read's goroutine.
 func (s *Session) took(seq *seqState, n int) {
-	seq.mu.Lock()
-	seq.take(n)
-	now, due := seq.needAck(), seq.ackDue()
-	seq.mu.Unlock()
-	if due && (!now || !s.sendAck(false)) {
+	if due, now := seq.take(n); due && (!now || !s.sendAck(false)) {
 		s.armAck()
 	}
 }
@@ -720,14 +711,12 @@ func (s *Session) sendDelayedAck() {
 // sendAck tells the client what serve has read, if it was not told yet: an
 // ack-only frame on WebSocket, the waiting poll's answer on long polling.
 // Unless wait is set, it gives up and reports false when a Write is
-// transmitting: a Read must not wait for a Write.
+// transmitting (see lockWrites).
 func (s *Session) sendAck(wait bool) bool {
-	if wait {
-		s.wmu.Lock()
-	} else if !s.wmu.TryLock() {
+	if !s.seq.lockWrites(wait) {
 		return false
 	}
-	defer s.wmu.Unlock()
+	defer s.seq.wmu.Unlock()
 	s.seq.mu.Lock()
 	if !s.seq.ackDue() {
 		s.seq.mu.Unlock()

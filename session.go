@@ -54,6 +54,12 @@ type sent struct {
 // keep it. Those copies are read only under mu: a transport that sends
 // later copies them first.
 type seqState struct {
+	// wmu orders transmissions: it is held from numbering a frame to
+	// handing it to the transport, and taken before mu. Reading never
+	// waits for it, so that a Write stuck on a full socket cannot stop the
+	// reading that would unblock it.
+	wmu sync.Mutex
+
 	mu        sync.Mutex
 	nextSeq   uint64 // last sequence number given to an outgoing message
 	recv      uint64 // last sequence number received in order
@@ -193,15 +199,30 @@ func (s *seqState) receive(f *frame.Frame) (deliver bool, err error) {
 	return true, nil
 }
 
-// take records that the application has read the next message received.
-// A message is acknowledged once read, not once received: what a side has
-// received but not read is bounded by the peer's replay buffer, so a reader
-// may read ahead of a slow application without bound on memory.
-func (s *seqState) take(n int) {
+// take records that the application has read the next message received,
+// of n bytes, and reports whether an ack is due and whether it should go
+// at once (see ackEvery). A message is acknowledged once read, not once
+// received: what a side has received but not read is bounded by the peer's
+// replay buffer, so a reader may read ahead of a slow application without
+// bound on memory.
+func (s *seqState) take(n int) (due, now bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.taken < s.recv {
 		s.taken++
 		s.readBytes += n
 	}
+	return s.ackDue(), s.needAck()
+}
+
+// lockWrites takes wmu. Unless wait is set, it gives up and reports false
+// when a Write holds it: a Read must not wait for a Write.
+func (s *seqState) lockWrites(wait bool) bool {
+	if wait {
+		s.wmu.Lock()
+		return true
+	}
+	return s.wmu.TryLock()
 }
 
 // told records that the peer has been told of everything read.
