@@ -4,17 +4,11 @@ package tether_test
 
 import (
 	"bytes"
-	"errors"
 	"log/slog"
-	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"text/template"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,151 +16,18 @@ import (
 
 	"github.com/tetherws/tether"
 	"github.com/tetherws/tether/internal/faultnet"
+	"github.com/tetherws/tether/internal/nginxtest"
 )
 
 // These tests put a real nginx (Debian package nginx-light) between the Conn
 // and a tether.Handler, with the configs in testdata/nginx. They skip when
 // nginx is not installed, except in CI (CI=true), where they fail.
 
-// nginx is one nginx started by a test, in the foreground, with a prefix
-// directory of its own.
-type nginx struct {
-	name   string // the config template
-	addr   string // where it listens: 127.0.0.1:port
-	prefix string // pid, logs and temp files
-}
-
-// nginxBinary finds nginx or skips the test (fails it in CI).
-func nginxBinary(t *testing.T) string {
+// startNginx starts nginx with the config template testdata/nginx/name,
+// proxying to upstream (see internal/nginxtest).
+func startNginx(t *testing.T, name, upstream string) *nginxtest.Server {
 	t.Helper()
-	if p, err := exec.LookPath("nginx"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/nginx"); err == nil {
-		return "/usr/sbin/nginx" // not on a non-root PATH
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("nginx not installed, and CI=true: .ci/run installs nginx-light")
-	}
-	t.Skip("nginx not installed: apt-get install nginx-light")
-	return ""
-}
-
-// startNginx renders testdata/nginx/name for a free loopback port, proxying
-// to upstream, starts nginx on it, waits until it accepts connections, and
-// stops it at cleanup. When the test fails, nginx's logs go to t.Log.
-func startNginx(t *testing.T, name, upstream string) *nginx {
-	t.Helper()
-	bin := nginxBinary(t)
-	tmpl, err := template.New(name).Option("missingkey=error").ParseFiles(filepath.Join("testdata", "nginx", name))
-	require.NoError(t, err)
-	user := ""
-	if os.Geteuid() == 0 {
-		// A root master would run its workers as nobody, who cannot enter
-		// the test's temp directory.
-		user = "user root;"
-	}
-	// The port is free when picked but may be taken before nginx binds it:
-	// then try another.
-	for try := 1; ; try++ {
-		ng := &nginx{name: name, addr: freePort(t), prefix: t.TempDir()}
-		conf := filepath.Join(ng.prefix, "nginx.conf")
-		var b bytes.Buffer
-		require.NoError(t, tmpl.Execute(&b, map[string]string{
-			"User": user, "Prefix": ng.prefix, "Listen": ng.addr, "Upstream": upstream,
-		}))
-		require.NoError(t, os.WriteFile(conf, b.Bytes(), 0o600))
-		err := ng.start(t, bin, conf)
-		if err == nil {
-			return ng
-		}
-		if try < 3 && strings.Contains(ng.logs(), "Address already in use") {
-			t.Logf("nginx: port %s taken, trying another", ng.addr)
-			continue
-		}
-		t.Log(ng.logs())
-		t.Fatalf("nginx did not start: %v", err)
-	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
-
-// start runs nginx and waits until it accepts connections. On success, the
-// cleanup that stops it is registered; on failure, nginx has exited.
-func (ng *nginx) start(t *testing.T, bin, conf string) error {
-	out, err := os.Create(filepath.Join(ng.prefix, "stderr.log"))
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	cmd := exec.Command(bin, "-p", ng.prefix+"/", "-c", conf, "-e", filepath.Join(ng.prefix, "error.log"), "-g", "daemon off;")
-	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group, so that a kill reaches the workers too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", ng.addr, 100*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			break
-		}
-		select {
-		case err := <-exited:
-			return errors.Join(errors.New("nginx exited"), err)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			ng.stop(cmd, exited)
-			return errors.New("nginx accepted no connection within 10s")
-		}
-	}
-	t.Cleanup(func() {
-		ng.stop(cmd, exited)
-		if t.Failed() {
-			t.Logf("nginx (%s) on %s:\n%s", ng.name, ng.addr, ng.logs())
-		}
-	})
-	return nil
-}
-
-// stop asks nginx for a fast shutdown (SIGTERM closes open links, where
-// SIGQUIT would wait for them), and kills its process group after a bound.
-func (ng *nginx) stop(cmd *exec.Cmd, exited <-chan error) {
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-		return
-	case <-time.After(5 * time.Second):
-	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	<-exited
-}
-
-// logs returns what nginx wrote to its stderr, error log and access log.
-func (ng *nginx) logs() string {
-	var b strings.Builder
-	for _, name := range []string{"stderr.log", "error.log", "access.log"} {
-		p, err := os.ReadFile(filepath.Join(ng.prefix, name))
-		if err != nil {
-			continue
-		}
-		b.WriteString("--- " + name + "\n")
-		b.Write(p)
-	}
-	return b.String()
+	return nginxtest.StartFile(t, filepath.Join("testdata", "nginx", name), upstream)
 }
 
 // nginxDial dials like dial, and keeps the Conn's debug log for t.Log if the
@@ -200,11 +61,12 @@ func (w *lockedWriter) String() string {
 	return w.b.String()
 }
 
-func (ng *nginx) file(t *testing.T, name string) string {
+// nginxFile returns a file of ng's prefix directory, such as its access log.
+func nginxFile(t *testing.T, ng *nginxtest.Server, name string) string {
 	t.Helper()
-	p, err := os.ReadFile(filepath.Join(ng.prefix, name))
+	p, err := ng.File(name)
 	require.NoError(t, err)
-	return string(p)
+	return p
 }
 
 // A proxy that does not pass Upgrade (field report 3): the Conn moves its
@@ -217,7 +79,7 @@ func TestNginxStripUpgradeFallsBackToPolling(t *testing.T) {
 	ss := newSessionServer(t, numbered(n, got))
 	ng := startNginx(t, "strip-upgrade.conf.tmpl", ss.Addr())
 	ev := newEvents()
-	c := nginxDial(t, "ws://"+ng.addr+"/", tether.WithFallback(""), tether.WithProbeBackoff(fastProbes), ev.option())
+	c := nginxDial(t, "ws://"+ng.Addr+"/", tether.WithFallback(""), tether.WithProbeBackoff(fastProbes), ev.option())
 	require.Equal(t, tether.Polling, c.Transport())
 	sc := ev.next(t, tether.Connected, time.Second)
 	require.Equal(t, tether.Polling, sc.Transport)
@@ -227,7 +89,7 @@ func TestNginxStripUpgradeFallsBackToPolling(t *testing.T) {
 
 	streams(t, c, got, n, 100, nil)
 	require.Equal(t, tether.Polling, c.Transport(), "probes cannot get through this proxy")
-	require.Contains(t, ng.file(t, "access.log"), "tether=poll", "polls went through nginx")
+	require.Contains(t, nginxFile(t, ng, "access.log"), "tether=poll", "polls went through nginx")
 }
 
 // The proxy is fixed: a Conn on long polling through the stripping nginx
@@ -241,7 +103,7 @@ func TestNginxBackToWebSocketWhenProxyFixed(t *testing.T) {
 	ss := newSessionServer(t, numbered(n, got))
 	strip := startNginx(t, "strip-upgrade.conf.tmpl", ss.Addr())
 	pass := startNginx(t, "pass-upgrade.conf.tmpl", ss.Addr())
-	p, err := faultnet.Listen(strip.addr)
+	p, err := faultnet.Listen(strip.Addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
 
@@ -254,7 +116,7 @@ func TestNginxBackToWebSocketWhenProxyFixed(t *testing.T) {
 		if step == 3 {
 			// Fix the proxy, and cut the client's kept-alive connections
 			// to the stripping one (polls in flight are retried).
-			p.SetTarget(pass.addr)
+			p.SetTarget(pass.Addr)
 			p.Reset()
 			eventually(t, 10*time.Second, func() bool { return c.Transport() == tether.WebSocket }, "back on WebSocket")
 		}
@@ -271,14 +133,14 @@ func TestNginxBackToWebSocketWhenProxyFixed(t *testing.T) {
 	require.Equal(t, tether.WebSocket, transports[len(transports)-1], "came back to WebSocket: %v", transports)
 	// nginx logs a request when it ends: close the WebSocket, then look.
 	require.NoError(t, c.Close(websocket.StatusNormalClosure, ""))
-	eventually(t, 5*time.Second, func() bool { return strings.Contains(pass.file(t, "access.log"), "\" 101 ") },
+	eventually(t, 5*time.Second, func() bool { return strings.Contains(nginxFile(t, pass, "access.log"), "\" 101 ") },
 		"the fixed nginx logs the WebSocket it carried")
 }
 
 // quietBehindNginx dials, through the nginx that cuts links idle for 1 s, a
 // session echo server, and returns the Conn and a faultnet proxy between
 // nginx and the server that counts the links nginx opened to it.
-func quietBehindNginx(t *testing.T, heartbeat tether.Option) (*tether.Conn, *faultnet.Proxy, *events, *nginx) {
+func quietBehindNginx(t *testing.T, heartbeat tether.Option) (*tether.Conn, *faultnet.Proxy, *events, *nginxtest.Server) {
 	t.Helper()
 	ss := newSessionServer(t, sessionEcho)
 	up, err := faultnet.Listen(ss.Addr())
@@ -286,7 +148,7 @@ func quietBehindNginx(t *testing.T, heartbeat tether.Option) (*tether.Conn, *fau
 	t.Cleanup(func() { _ = up.Close() })
 	ng := startNginx(t, "short-read-timeout.conf.tmpl", up.Addr())
 	ev := newEvents()
-	c := nginxDial(t, "ws://"+ng.addr+"/", heartbeat, ev.option())
+	c := nginxDial(t, "ws://"+ng.Addr+"/", heartbeat, ev.option())
 	require.Equal(t, tether.WebSocket, c.Transport())
 	require.Equal(t, tether.Subprotocol, c.Subprotocol())
 	return c, up, ev, ng
@@ -341,7 +203,7 @@ func TestNginxNoHeartbeatQuietLinkIsCut(t *testing.T) {
 	ev.next(t, tether.Connected, 5*time.Second)
 	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(1))
 	require.GreaterOrEqual(t, up.Accepted(), int64(2), "the server saw a second link")
-	require.Contains(t, ng.file(t, "error.log"), "timed out", "nginx cut the link")
+	require.Contains(t, nginxFile(t, ng, "error.log"), "timed out", "nginx cut the link")
 	nginxEchoOnce(t, c, "after")
 	for _, sc := range ev.list() {
 		require.NotErrorIs(t, sc.Cause, tether.ErrSessionLost)
