@@ -41,6 +41,7 @@ type Handler struct {
 	tombstones map[[16]byte]tombstone
 	closed     bool
 	wg         sync.WaitGroup // serve goroutines and WebSocket readers
+	stats      handlerCounters
 }
 
 // NewHandler returns a Handler that calls serve, on a goroutine of its own,
@@ -184,6 +185,7 @@ func (h *Handler) servePlain(r *http.Request, c *websocket.Conn) {
 	h.wg.Add(1)
 	h.mu.Unlock()
 	defer h.wg.Done()
+	defer h.stats.servingPlain()()
 	s := &Session{h: h, plain: c, idStr: "plain-" + newID()}
 	var cancel context.CancelCauseFunc
 	s.ctx, cancel = context.WithCancelCause(context.Background())
@@ -250,12 +252,14 @@ func (h *Handler) openSession(rr resumeReq, t Transport, reader bool) (*Session,
 			if reader {
 				h.wg.Add(1)
 			}
+			h.stats.resumes.Add(1)
 			return s, frame.StatusResumed, nil
 		}
 		if ts, ok := h.tombstones[rr.id]; ok && time.Now().Before(ts.until) && subtle.ConstantTimeCompare(ts.secret[:], rr.secret[:]) == 1 {
 			return nil, 0, &tombstoneError{code: ts.code, reason: ts.reason}
 		}
 		status = frame.StatusLost
+		h.stats.unknown.Add(1)
 	}
 	if len(h.sessions) >= h.opts.maxSessions {
 		return nil, 0, errTooManySessions
@@ -263,6 +267,7 @@ func (h *Handler) openSession(rr resumeReq, t Transport, reader bool) (*Session,
 	s := newSession(h)
 	s.transport = t
 	h.sessions[s.id] = s
+	h.stats.opened.Add(1)
 	if reader {
 		h.wg.Add(1)
 	}
@@ -783,6 +788,7 @@ func (s *Session) end(code websocket.StatusCode, reason string, err error) {
 	s.ttl.Stop()
 	s.ackTimer.Stop()
 	s.linkMu.Unlock()
+	s.h.stats.ended(err)
 	// A lost session leaves no tombstone: the client is told it is lost.
 	s.h.forget(s, code, reason, !errors.Is(err, ErrSessionLost))
 	if l != nil {
