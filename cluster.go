@@ -120,7 +120,8 @@ type Cluster interface {
 
 	// Leave takes this instance out of the cluster, on shutdown after its
 	// sessions were parked or released: its liveness record is removed, so
-	// any session still recorded as its own is reported OwnerDead at once.
+	// any session still recorded as its own is reported OwnerDead at once
+	// (if the store is out of reach, when the lease runs out).
 	// Leave waits, within ctx, for the store calls in flight to return.
 	// Every call after Leave fails with an error wrapping net.ErrClosed.
 	Leave(ctx context.Context) error

@@ -274,7 +274,8 @@ func (m *Memory) Renew(ctx context.Context, leases []tether.Lease) ([]tether.Ses
 	s := m.store
 	defer s.mu.Unlock()
 	s.touch(now)
-	recovered := !m.live(now) && m.joined
+	joined := m.joined
+	recovered := !m.live(now) && joined
 	s.sweep(now)
 	var lost []tether.SessionID
 	made := 0

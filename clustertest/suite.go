@@ -229,6 +229,12 @@ func (s *suite) claimLookupRelease(t *testing.T) {
 	if iv := a.RenewInterval(); iv <= 0 || iv >= s.h.Lease {
 		t.Fatalf("RenewInterval %v: want a fraction of the lease %v", iv, s.h.Lease)
 	}
+	// A new instance joining is no sign that the store lost anything.
+	if lost := renew(t, a); len(lost) > 0 {
+		t.Fatalf("Renew of nothing: lost %v", lost)
+	}
+	wantStatus(t, lookup(t, b, NewSessionID()), tether.OwnerUnknown)
+
 	id := NewSessionID()
 	l := claim(t, a, id)
 

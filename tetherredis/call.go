@@ -43,13 +43,7 @@ func do[T any](c *Cluster, ctx context.Context, op string, fn func(ctx context.C
 	if err := ctx.Err(); err != nil {
 		return zero, fmt.Errorf("tether: redis: %s: %w", op, err)
 	}
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return zero, fmt.Errorf("tether: redis: %s: instance left: %w", op, net.ErrClosed)
-	}
-	return run(c, ctx, op, fn)
+	return run(c, ctx, op, false, fn)
 }
 
 type result[T any] struct {
@@ -57,10 +51,15 @@ type result[T any] struct {
 	err error
 }
 
-// run is do without the closed check, for Leave.
-func run[T any](c *Cluster, ctx context.Context, op string, fn func(ctx context.Context) (T, error)) (T, error) {
+// run is do after the checks that need no lock. leaving lets Leave's own
+// call through.
+func run[T any](c *Cluster, ctx context.Context, op string, leaving bool, fn func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
 	c.mu.Lock()
+	if c.closed && !leaving {
+		c.mu.Unlock()
+		return zero, fmt.Errorf("tether: redis: %s: instance left: %w", op, net.ErrClosed)
+	}
 	probe := false
 	if c.down {
 		if c.probing {

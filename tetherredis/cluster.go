@@ -386,7 +386,7 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	c.mu.Unlock()
 	var err error
 	if c.o.err == nil {
-		_, err = run(c, ctx, "leave", func(ctx context.Context) (int64, error) {
+		_, err = run(c, ctx, "leave", true, func(ctx context.Context) (int64, error) {
 			return c.rdb.Del(ctx, c.liveKey).Result()
 		})
 	}
