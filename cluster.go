@@ -40,18 +40,22 @@ import (
 // [Cluster.Claim] and [Cluster.TakeParked] also mark the instance alive.
 // An instance that stops calling them (it crashed, or hangs) is reported
 // [OwnerDead] within its liveness lease (10 s by default in tetherredis),
-// and its sessions are lost. The Cluster starts no goroutine of its own to
-// stay alive: liveness is proof that the owner's renewal loop is running.
+// and its sessions are lost: their records read OwnerDead for a while, then
+// are forgotten (OwnerUnknown). The Cluster starts no goroutine of its own
+// to stay alive: liveness is proof that the owner's renewal loop is
+// running.
 //
 // # Store outages
 //
 // Every method bounds its store calls by a timeout of the implementation's
 // (and by ctx), and fails fast, with an error wrapping
-// [ErrClusterUnavailable], while the store is unreachable. An instance keeps
-// serving the sessions it owns meanwhile. When the store comes back, even
-// empty, the next Renew writes this instance's records again: a record that
-// is missing is taken to have been lost by the store, and is recreated from
-// the lease. For about one liveness lease after the store lost records or
+// [ErrClusterUnavailable], while the store is unreachable. A caller's ctx
+// that ends first gives the caller's error (context.Canceled or
+// context.DeadlineExceeded), which says nothing about the store. An
+// instance keeps serving the sessions it owns meanwhile. When the store
+// comes back, even empty, the next Renew writes this instance's records
+// again: a record that is missing is taken to have been lost by the store,
+// and is recreated from the lease. For about one liveness lease after the store lost records or
 // was unreachable, [Cluster.Lookup] answers [OwnerRecovering] instead of
 // [OwnerDead] or [OwnerUnknown], since owners may not have written their
 // records again yet.
@@ -61,7 +65,8 @@ import (
 // All methods may be called from several goroutines at once.
 type Cluster interface {
 	// ID returns this instance's id, unique among live instances (a new
-	// one for every process). It is what Owner.Instance names.
+	// one for every instance made, so a restarted process is a new
+	// instance). It is what Owner.Instance names.
 	ID() string
 
 	// RenewInterval returns how often the owner must call Renew to stay
@@ -135,7 +140,9 @@ type SessionID [16]byte
 func (id SessionID) String() string { return hex.EncodeToString(id[:]) }
 
 // Lease is an owner's proof of ownership of a session: the session and the
-// epoch of the ownership, as given by Claim or TakeParked.
+// epoch of the ownership, as given by Claim or TakeParked. Epochs start at
+// 1, so the zero Lease is no lease (a session whose Claim has not
+// succeeded yet).
 type Lease struct {
 	ID    SessionID
 	Epoch uint64
