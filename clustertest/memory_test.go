@@ -10,7 +10,7 @@ import (
 
 func TestMemoryContract(t *testing.T) {
 	t.Parallel()
-	const lease = 300 * time.Millisecond
+	const lease = 600 * time.Millisecond
 	store := clustertest.NewStore(lease)
 	clustertest.Run(t, clustertest.Harness{
 		New: func(t *testing.T, url string) tether.Cluster {
