@@ -66,6 +66,8 @@ type Conn struct {
 
 	fallbackCause error // why the Conn moved to polling; supervisor only
 
+	closeReadCtx context.Context // set by the first CloseRead
+
 	stats counters
 }
 
@@ -233,6 +235,39 @@ func (c *Conn) Ping(ctx context.Context) error {
 		}
 		// The link went away under the ping: try the next one.
 	}
+}
+
+// CloseRead is for an application that writes and never reads. From now
+// on, every message from the server is read and discarded, on this link and
+// on every later one, so that pings are answered, pongs reach the heartbeat
+// and the server's close frames are seen at once; Read fails. In session
+// mode the discarded messages are acknowledged as if read.
+//
+// The returned ctx is derived from ctx and ends when the Conn is closed for
+// good: by Close, by a permanent error (a close code such as 1008, say), or
+// when the retry policy gives up. Unlike *websocket.Conn's CloseRead, a data
+// message does not close the Conn, and ctx ending does not close it either.
+// CloseRead may be called more than once; later calls return the first
+// call's ctx.
+//
+// Without CloseRead, an application that never calls Read still gets its
+// control frames handled while fewer than 1 MiB or 1024 messages wait
+// unread; beyond that, the server is pushed back through TCP and the frames
+// it sends after them wait until Read is called.
+func (c *Conn) CloseRead(ctx context.Context) context.Context {
+	c.mu.Lock()
+	if c.closeReadCtx != nil {
+		rctx := c.closeReadCtx
+		c.mu.Unlock()
+		return rctx
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	c.closeReadCtx = rctx
+	c.mu.Unlock()
+	stop := context.AfterFunc(c.ctx, cancel)
+	context.AfterFunc(rctx, func() { stop() })
+	c.rd.closeRead()
+	return rctx
 }
 
 // awaitLink waits until a link is live, the Conn ends, or ctx ends.

@@ -20,8 +20,13 @@ func quietServer(t *testing.T) string {
 			return
 		}
 		defer c.CloseNow()
-		ctx := c.CloseRead(r.Context())
+		ctx := r.Context()
 		_ = c.Write(ctx, websocket.MessageText, []byte("hello"))
+		if _, _, err := c.Read(ctx); err != nil {
+			return
+		}
+		_ = c.Write(ctx, websocket.MessageText, []byte("again"))
+		ctx = c.CloseRead(ctx)
 		<-ctx.Done()
 	}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -45,11 +50,25 @@ func TestCancellableReadPath(t *testing.T) {
 		require.NoError(t, err)
 		l := c.live.Load()
 		require.Equal(t, own, l.watch == nil)
-		// The server's greeting lets the first background reader hand over.
+		// The greeting may be read ahead by the background reader, which
+		// hands over to a Read that waits for the next message; or the
+		// Read has taken over already.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, _, err = c.Read(ctx)
-		cancel()
 		require.NoError(t, err)
+		got := make(chan error, 1)
+		go func() {
+			_, _, err := c.Read(ctx)
+			got <- err
+		}()
+		require.Eventually(t, func() bool {
+			c.rd.mu.Lock()
+			defer c.rd.mu.Unlock()
+			return c.rd.waiting || c.rd.direct
+		}, 5*time.Second, time.Millisecond, "a Read waits for the next message")
+		require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("x")))
+		require.NoError(t, <-got)
+		cancel()
 		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Millisecond)
 		_, _, err = c.Read(ctx)
 		cancel()

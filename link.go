@@ -29,6 +29,9 @@ type liveLink struct {
 	session   bool      // link is a *sessionLink
 	seq       *seqState // the session whose messages the link carries, if any
 	readAhead int       // bytes the reader may keep unread (see readsAhead)
+	// readAheadMsgs bounds the messages the reader may keep unread; 0 leaves
+	// the count to the byte bound.
+	readAheadMsgs int
 
 	// ctx ends when the link is retired; pings derive from it.
 	ctx    context.Context

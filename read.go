@@ -2,7 +2,9 @@ package tether
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -38,6 +40,8 @@ type reader struct {
 	more         chan struct{} // closed when deliver adds to pending; renewed
 	room         chan struct{} // closed when a Read takes from pending; renewed
 	lost         error         // a lost session, reported once by Read
+	held         *heldMsg      // a plain message begun but left unread (see hold)
+	discard      bool          // CloseRead was called: messages are read and dropped
 
 	// onTake, if set, is called on the Read's goroutine for every message of
 	// a session that Read returns: the message is acknowledged once read.
@@ -56,6 +60,18 @@ type reader struct {
 	idle        time.Duration // the watchdog's next delay (see readerIdle)
 	watchdog    *time.Timer
 }
+
+// heldMsg is the next data message of a plain link once its header has been
+// read: the read-ahead bound is reached, and reading on would mean keeping
+// more. Its body is left in the socket until a Read takes it.
+type heldMsg struct {
+	l   *liveLink
+	typ websocket.MessageType
+	r   io.Reader
+}
+
+// errReadClosed is what Read returns after CloseRead.
+var errReadClosed = errors.New("tether: read: CloseRead was called; messages are discarded")
 
 func newReader() *reader {
 	r := &reader{
@@ -80,6 +96,16 @@ func newReader() *reader {
 const (
 	readerIdle    = time.Millisecond
 	readerIdleMax = 8 * time.Millisecond
+)
+
+// A plain link is read ahead of an application that does not keep up, so
+// that pings, pongs and close frames keep flowing, up to 1 MiB or 1024
+// messages (one message more when it is large). Past that the sender is
+// pushed back through TCP, and control frames are read only as far as the
+// next data message (see hold).
+const (
+	plainReadAhead     = 1 << 20
+	plainReadAheadMsgs = 1024
 )
 
 // Read reads the next data message. It rides through reconnects and returns
@@ -126,6 +152,14 @@ func (r *reader) readLocked(ctx context.Context) message {
 	r.mu.Lock()
 	r.inRead = true
 	for {
+		if r.discard {
+			return r.leave(message{err: errReadClosed})
+		}
+		// A message waiting is kept for the next Read once ctx has ended:
+		// a read loop stopped by its ctx stops, however fast messages come.
+		if cancellable && ctx.Err() != nil {
+			return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
+		}
 		if len(r.pending) > 0 {
 			m := r.pending[0]
 			r.pending[0] = message{}
@@ -139,6 +173,25 @@ func (r *reader) readLocked(ctx context.Context) message {
 				r.room = nil
 			}
 			return r.leave(m)
+		}
+		if h := r.held; h != nil && h.l == r.link {
+			// The message after those read ahead: its frame has begun, so
+			// it is read to its end whatever ctx does.
+			r.held = nil
+			r.direct = true
+			r.mu.Unlock()
+			p, err := io.ReadAll(h.r)
+			r.mu.Lock()
+			r.direct = false
+			if err == nil {
+				h.l.touch()
+				return r.leave(message{typ: h.typ, p: p})
+			}
+			r.clearLinkLocked(h.l)
+			r.mu.Unlock()
+			h.l.fail(err)
+			r.mu.Lock()
+			continue
 		}
 		if r.lost != nil {
 			err := r.lost
@@ -241,6 +294,12 @@ func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
 	if m.err != nil {
 		return message{}, false
 	}
+	if ctx.Err() != nil {
+		// It came as ctx ended: keep it for the next Read.
+		r.pending = append([]message{m}, r.pending...)
+		r.pendingBytes += len(m.p)
+		return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}, true
+	}
 	return m, true
 }
 
@@ -268,13 +327,13 @@ func (r *reader) watch() {
 		r.idle = min(2*r.idle, readerIdleMax)
 		return
 	}
-	if r.bg || r.link == nil || r.final != nil {
+	if r.bg || r.link == nil || r.final != nil || r.held != nil {
 		return
 	}
 	if len(r.pending) > 0 && !r.readsAhead(r.link) {
 		return
 	}
-	if r.readsDone != r.seenByWatch {
+	if r.readsDone != r.seenByWatch && !r.discard {
 		// Reads are still coming: look again later.
 		r.idle = min(2*r.idle, readerIdleMax)
 		r.armed = true
@@ -295,8 +354,27 @@ func (r *reader) startBackground(l *liveLink) {
 
 func (r *reader) backgroundRead(l *liveLink) {
 	defer l.wg.Done()
+	r.mu.Lock()
+	h := r.held
+	if h != nil && h.l == l {
+		r.held = nil // CloseRead: the held message goes first
+	} else {
+		h = nil
+	}
+	r.mu.Unlock()
 	for {
-		typ, p, err := l.Read(context.Background())
+		var (
+			typ websocket.MessageType
+			p   []byte
+			err error
+		)
+		if h != nil {
+			typ = h.typ
+			p, err = io.ReadAll(h.r)
+			h = nil
+		} else {
+			typ, p, err = l.Read(context.Background())
+		}
 		r.mu.Lock()
 		if err != nil {
 			r.bg = false
@@ -311,6 +389,11 @@ func (r *reader) backgroundRead(l *liveLink) {
 		}
 		l.touch()
 		m := message{typ: typ, p: p, owner: l.seq}
+		if r.discard {
+			r.mu.Unlock()
+			r.dropped(m)
+			continue
+		}
 		if r.waiting {
 			r.waiting = false
 			r.handoff <- m
@@ -323,28 +406,111 @@ func (r *reader) backgroundRead(l *liveLink) {
 			r.mu.Unlock()
 			continue
 		}
-		// Nobody is reading: keep the message. On a plain link, stop
-		// reading until a Read takes it, so a slow application pushes back
-		// on the sender. A session link is read on (see readsAhead).
+		// Nobody is reading: keep the message, and read on up to the
+		// link's bound (see readsAhead).
 		r.pending = append(r.pending, m)
 		r.pendingBytes += len(m.p)
 		if r.readsAhead(l) {
 			r.mu.Unlock()
 			continue
 		}
+		ws, plain := l.link.(*websocket.Conn)
+		if !plain {
+			// A session peer that sends more than its window is pushed
+			// back: the link is left unread until a Read takes a message.
+			r.bg = false
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock()
+		if !r.hold(l, ws) {
+			return
+		}
+	}
+}
+
+// hold reads on a plain link whose read-ahead is full as far as TCP order
+// allows: the pings, pongs and close frames that come before the next data
+// message. That message is left in the socket, its header read, until a Read
+// takes it (then the reader stops and hold reports false), unless room for it
+// appears meanwhile (then hold reads it and reports true).
+func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
+	typ, rd, err := ws.Reader(context.Background())
+	r.mu.Lock()
+	if err != nil {
+		r.bg = false
+		r.clearLinkLocked(l)
+		if r.waiting {
+			r.waiting = false
+			r.handoff <- message{err: err}
+		}
+		r.mu.Unlock()
+		l.fail(err)
+		return false
+	}
+	l.touch()
+	if !r.waiting && !r.discard && r.link == l && !r.readsAhead(l) {
+		r.held = &heldMsg{l: l, typ: typ, r: rd}
 		r.bg = false
 		r.mu.Unlock()
-		return
+		return false
+	}
+	// A Read is waiting, or took a message, or CloseRead was called: the
+	// message is read now and goes the usual way.
+	r.mu.Unlock()
+	p, err := io.ReadAll(rd)
+	r.mu.Lock()
+	if err != nil {
+		r.bg = false
+		r.clearLinkLocked(l)
+		if r.waiting {
+			r.waiting = false
+			r.handoff <- message{err: err}
+		}
+		r.mu.Unlock()
+		l.fail(err)
+		return false
+	}
+	m := message{typ: typ, p: p}
+	switch {
+	case r.discard:
+		r.mu.Unlock()
+		r.dropped(m)
+		return true
+	case r.waiting:
+		r.waiting = false
+		r.handoff <- m
+		if r.waitDirect {
+			r.bg = false
+			r.mu.Unlock()
+			return false
+		}
+	default:
+		r.pending = append(r.pending, m)
+		r.pendingBytes += len(m.p)
+	}
+	r.mu.Unlock()
+	return true
+}
+
+// dropped disposes of a message read after CloseRead: a session message is
+// acknowledged as if the application had read it.
+func (r *reader) dropped(m message) {
+	if m.owner != nil && r.onTake != nil {
+		r.onTake(m.owner, len(m.p))
 	}
 }
 
 // readsAhead reports whether l is read on while messages wait for the
-// application; r.mu is held. A session link is, up to its bound: acks, and
-// a peer's Write that waits for them, must not wait for the application,
-// and the peer's replay buffer bounds what an honest peer sends unread. A
-// peer that sends more is pushed back like a plain one.
+// application; r.mu is held. Every link is, up to its bounds in bytes and
+// messages. On a session link acks, and a peer's Write that waits for them,
+// must not wait for the application, and the peer's replay buffer bounds
+// what an honest peer sends unread; a peer that sends more is pushed back.
+// On a plain link, pings, pongs and close frames must keep flowing while the
+// application is busy; past the bounds the reader reads only as far as the
+// next data message (see hold).
 func (r *reader) readsAhead(l *liveLink) bool {
-	return r.pendingBytes < l.readAhead
+	return r.pendingBytes < l.readAhead && (l.readAheadMsgs <= 0 || len(r.pending) < l.readAheadMsgs)
 }
 
 // stalled reports whether the link is unread because the application has not
@@ -352,7 +518,10 @@ func (r *reader) readsAhead(l *liveLink) bool {
 func (r *reader) stalled() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.pending) > 0 && !r.bg && !r.direct
+	if r.held != nil {
+		return true
+	}
+	return len(r.pending) > 0 && !r.bg && !r.direct && (r.link == nil || !r.readsAhead(r.link))
 }
 
 // setLink makes l the link to read and makes sure someone reads it.
@@ -379,6 +548,42 @@ func (r *reader) clearLinkLocked(l *liveLink) {
 		r.link = nil
 		r.up = make(chan struct{})
 	}
+	if r.held != nil && r.held.l == l {
+		// Begun but never read: plain mode loses it with the link.
+		r.held = nil
+	}
+}
+
+// closeRead makes the reader read every link and drop what it reads, from
+// now until the end, and Read fail.
+func (r *reader) closeRead() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.discard {
+		return
+	}
+	r.discard = true
+	if r.waiting {
+		r.waiting = false
+		r.handoff <- message{err: errReadClosed}
+	}
+	pending := r.pending
+	r.pending, r.pendingBytes = nil, 0
+	if r.room != nil {
+		close(r.room)
+		r.room = nil
+	}
+	for _, m := range pending {
+		if m.owner != nil && r.onTake != nil {
+			// Acknowledged outside r.mu, as a Read would.
+			r.mu.Unlock()
+			r.onTake(m.owner, len(m.p))
+			r.mu.Lock()
+		}
+	}
+	if r.link != nil && !r.bg && !r.inRead && !r.direct {
+		r.startBackground(r.link)
+	}
 }
 
 // end makes every Read, after any message already received, return err.
@@ -387,6 +592,7 @@ func (r *reader) end(err error) {
 	defer r.mu.Unlock()
 	r.final = err
 	r.link = nil
+	r.held = nil
 	r.watchdog.Stop()
 	select {
 	case <-r.up:

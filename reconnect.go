@@ -301,6 +301,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 		ws.SetReadLimit(limit)
 		l := newLiveLink(c.ctx, ws, WebSocket)
 		l.watch = d.watch
+		l.readAhead, l.readAheadMsgs = plainReadAhead, plainReadAheadMsgs
 		return l, nil
 	}
 	ws.SetReadLimit(sessionReadLimit(limit))
