@@ -33,6 +33,14 @@ var (
 	// stops (a retry limit, or a backoff that returned backoff.Stop).
 	ErrGaveUp = errors.New("tether: gave up reconnecting")
 
+	// ErrInFlight is wrapped, beside ctx's error, by the error of a Write
+	// on a plain link whose ctx ended while the message was being sent. The
+	// rest of the message goes out after what is already in the socket, so
+	// it may still be delivered, unless the link fails first. A Write whose
+	// ctx ended before it began sending returns ctx's error alone, and
+	// nothing of it was sent.
+	ErrInFlight = errors.New("tether: the message is in flight and may still be delivered")
+
 	// ErrSessionLost reports that a session could not be resumed and messages
 	// may have been lost in between.
 	ErrSessionLost = errors.New("tether: session lost")

@@ -238,37 +238,51 @@ func (w *watchConn) interrupt(ctx context.Context) {
 
 type watchKey struct{}
 
-// watchSlot is where a dial records the watchConn it made.
+// watchSlot is where a dial records the watchConn and writeGate it made.
 type watchSlot struct {
 	target string // host:port of the WebSocket server
 	conn   *watchConn
+	gate   *writeGate
 }
 
 // watchTransport dials WebSocket handshakes so that the socket below
-// coder/websocket is a watchConn. A connection through a proxy, which the
-// watchConn could not follow, is left as it is.
+// coder/websocket is a watchConn, over a writeGate right above TCP. A
+// connection through a proxy, which the watchConn could not follow, gets
+// the writeGate only: the write side needs no knowledge of the stream.
 var watchTransport = func() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DisableKeepAlives = true // a failed handshake's connection is not reused
 	t.ForceAttemptHTTP2 = false
 	var d net.Dialer
-	wrap := func(ctx context.Context, addr string, c net.Conn) net.Conn {
-		if slot, ok := ctx.Value(watchKey{}).(*watchSlot); ok && slot.target == addr {
-			w := newWatchConn(c)
-			slot.conn = w
-			return w
+	dial := func(ctx context.Context, network, addr string) (net.Conn, *watchSlot, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, nil, err
 		}
-		return c
+		slot, ok := ctx.Value(watchKey{}).(*watchSlot)
+		if !ok {
+			return c, nil, nil
+		}
+		// The last connection dialed is the one the handshake ends on.
+		slot.conn, slot.gate = nil, newWriteGate(c)
+		return slot.gate, slot, nil
+	}
+	follow := func(slot *watchSlot, addr string, c net.Conn) net.Conn {
+		if slot == nil || slot.target != addr {
+			return c
+		}
+		slot.conn = newWatchConn(c)
+		return slot.conn
 	}
 	t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		c, slot, err := dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		return wrap(ctx, addr, c), nil
+		return follow(slot, addr, c), nil
 	}
 	t.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		c, slot, err := dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
@@ -277,12 +291,14 @@ var watchTransport = func() *http.Transport {
 			_ = c.Close()
 			return nil, err
 		}
+		// Below TLS, a write cut by a deadline would corrupt the TLS
+		// state; the writeGate is under it, where bytes are bytes.
 		tc := tls.Client(c, &tls.Config{ServerName: host, NextProtos: []string{"http/1.1"}})
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = c.Close()
 			return nil, err
 		}
-		return wrap(ctx, addr, tc), nil
+		return follow(slot, addr, tc), nil
 	}
 	return t
 }()

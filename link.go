@@ -51,6 +51,11 @@ type liveLink struct {
 	// watch, when tether made the socket, lets a Read with a cancellable
 	// ctx read on the caller's goroutine (see interrupt.go).
 	watch *watchConn
+	// On a plain link, wsem lets one message Write at a time reach the
+	// link, and gate, when tether made the socket, lets ctx bound it (see
+	// writegate.go).
+	wsem chan struct{}
+	gate *writeGate
 }
 
 func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
@@ -109,6 +114,15 @@ func (l *liveLink) writeCtx(ctx context.Context) context.Context {
 		return ctx
 	}
 	return context.Background()
+}
+
+// write writes a message on l. On a plain link ctx bounds the call (see
+// writePlain); a session link waits for room in its replay buffer with ctx.
+func (l *liveLink) write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	if ws, ok := l.link.(*websocket.Conn); ok && l.wsem != nil {
+		return l.writePlain(ctx, ws, typ, p)
+	}
+	return l.Write(l.writeCtx(ctx), typ, p)
 }
 
 func (l *liveLink) touch() { l.lastRecv.Store(time.Now().UnixNano()) }

@@ -300,7 +300,8 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	if ws.Subprotocol() != Subprotocol || resp == nil || resp.Header.Get(headerProtocol) != Subprotocol {
 		ws.SetReadLimit(limit)
 		l := newLiveLink(c.ctx, ws, WebSocket)
-		l.watch = d.watch
+		l.watch, l.gate = d.watch, d.gate
+		l.wsem = make(chan struct{}, 1)
 		l.readAhead, l.readAheadMsgs = plainReadAhead, plainReadAheadMsgs
 		return l, nil
 	}
@@ -397,6 +398,7 @@ type dialed struct {
 	ws    *websocket.Conn
 	resp  *http.Response
 	watch *watchConn // nil when the dial was not tether's own
+	gate  *writeGate // nil when the dial was not tether's own
 }
 
 // dial makes one WebSocket handshake, bounded by the handshake timeout.
@@ -452,7 +454,7 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 	}
 	d := &dialed{ws: ws, resp: resp}
 	if slot != nil {
-		d.watch = slot.conn
+		d.watch, d.gate = slot.conn, slot.gate
 	}
 	return d, nil
 }
@@ -544,6 +546,9 @@ func (c *Conn) retire(l *liveLink, closing bool) {
 	l.wg.Wait()
 	if l.watch != nil {
 		l.watch.release()
+	}
+	if l.gate != nil {
+		l.gate.release()
 	}
 }
 

@@ -13,9 +13,23 @@ import (
 // into the send queue and goes out, in order, after the next connect; when the
 // queue is full, the queue policy decides (see WithQueuePolicy).
 //
-// ctx bounds waiting for a link or for queue room; it never reaches the link,
-// so a short ctx cannot make the link look dead. A Write that fails on a dying
-// link is queued for the next one. After the Conn is closed, Write fails.
+// ctx bounds the call, but never reaches the link, so a short ctx cannot make
+// the link look dead, and no frame is ever cut short. On a plain link, a
+// Write whose ctx ends while it waits for its turn (behind another Write, or
+// a server that stopped reading) returns ctx's error and nothing of it was
+// sent; one whose ctx ends while its message is going out returns at once
+// with an error wrapping ctx's error and ErrInFlight: the rest of the
+// message follows what is already in the socket, so it may still be
+// delivered, and later Writes wait their turn behind it. With an
+// http.Client of your own in WithDialOptions, tether cannot watch the
+// socket, and a Write whose ctx can end copies the message and writes it on
+// a goroutine of its own. In session mode ctx bounds the wait for room in
+// the replay buffer, which the server frees as the application reads; the
+// send that follows is not cut short by ctx, and once numbered a message is
+// delivered exactly once while the session lives.
+//
+// A Write that fails on a dying link is queued for the next one. After the
+// Conn is closed, Write fails.
 func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	if done := ctx.Done(); done != nil {
 		select {
@@ -25,7 +39,7 @@ func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) e
 		}
 	}
 	if l := c.live.Load(); l != nil {
-		err := l.Write(l.writeCtx(ctx), typ, p)
+		err := l.write(ctx, typ, p)
 		if err == nil {
 			c.stats.msgsOut.Add(1)
 			c.stats.bytesOut.Add(uint64(len(p)))
@@ -45,7 +59,7 @@ type onConnectKey struct{}
 func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	// Writes made inside the OnConnect hook go straight to the new link.
 	if l, ok := ctx.Value(onConnectKey{}).(*liveLink); ok && !l.failed() {
-		if err := l.Write(l.writeCtx(ctx), typ, p); err != nil {
+		if err := l.write(ctx, typ, p); err != nil {
 			l.fail(err)
 			return fmt.Errorf("tether: write during OnConnect: %w", err)
 		}
@@ -62,7 +76,7 @@ func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byt
 		}
 		if l := c.live.Load(); l != nil {
 			c.mu.Unlock()
-			if err := l.Write(l.writeCtx(ctx), typ, p); err != nil {
+			if err := l.write(ctx, typ, p); err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("tether: write: %w", err)
 				}
@@ -198,7 +212,7 @@ func (c *Conn) flush(l *liveLink) error {
 		c.mu.Unlock()
 		// l.ctx ends when the link is retired or the Conn closed: a session
 		// link may wait here for acknowledgements.
-		if err := l.Write(l.writeCtx(l.ctx), m.typ, m.p); err != nil {
+		if err := l.write(l.ctx, m.typ, m.p); err != nil {
 			c.mu.Lock()
 			c.queue.unpop(m)
 			c.mu.Unlock()
