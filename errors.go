@@ -55,6 +55,12 @@ type HandshakeError struct {
 	RetryAfter time.Duration
 	// Err is the error the dial returned.
 	Err error
+
+	// handler is set when the answer carries the Tether-Protocol mark of a
+	// tether Handler, rather than coming from a proxy on the way.
+	handler bool
+	// polling is set for the answer to a long-polling open.
+	polling bool
 }
 
 func (e *HandshakeError) Error() string {

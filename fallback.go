@@ -75,8 +75,29 @@ func pollURLFor(dialURL, pollURL string) (*url.URL, error) {
 	return u, nil
 }
 
-// blocksWebSocket reports whether a failed attempt says the path does not
-// let WebSocket through, as opposed to a server that is down.
+// fallsBackAtOnce reports whether a WebSocket handshake's answer says, by
+// itself, that the path refuses WebSocket: then the next attempt is over
+// long polling at once. A 426 does (a Handler that answers it saw a request
+// whose Upgrade a proxy stripped; a proxy that answers it refuses upgrades),
+// and so does a 401, 403 or 404 without the Tether-Protocol mark, which a
+// proxy's refusal lacks; polling, if refused too, makes it permanent.
+func fallsBackAtOnce(err error) bool {
+	var he *HandshakeError
+	if !errors.As(err, &he) || he.polling {
+		return false
+	}
+	switch he.StatusCode {
+	case http.StatusUpgradeRequired:
+		return true
+	case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return !he.handler
+	}
+	return false
+}
+
+// blocksWebSocket reports whether a failed attempt says the path may not let
+// WebSocket through, as opposed to a server that is down: several in a row
+// move the Conn to long polling.
 func blocksWebSocket(err error) bool {
 	var he *HandshakeError
 	if errors.As(err, &he) {
@@ -160,7 +181,7 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 	if errors.As(err, &ps) {
 		// Opening is the polling handshake: its status is classified like a
 		// WebSocket handshake's.
-		err = &HandshakeError{StatusCode: ps.status, RetryAfter: ps.retryAfter, Err: err}
+		err = &HandshakeError{StatusCode: ps.status, RetryAfter: ps.retryAfter, Err: err, polling: true}
 	}
 	if err != nil {
 		return nil, frame.Frame{}, err

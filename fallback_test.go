@@ -3,6 +3,10 @@ package tether_test
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,4 +121,30 @@ func TestFallbackRefusesDowngrade(t *testing.T) {
 	require.ErrorIs(t, err, tether.ErrInvalidOption)
 	_, err = tether.Dial(context.Background(), "ws://127.0.0.1:1/x", tether.WithFallback("ftp://127.0.0.1:1/x"))
 	require.ErrorIs(t, err, tether.ErrInvalidOption)
+}
+
+// A 403 that carries the Handler's Tether-Protocol mark is the server's own
+// refusal (here its Origin check), not a proxy's: permanent at once, with no
+// attempt at polling, fallback or not.
+func TestFallbackHandlerRefusalIsPermanent(t *testing.T) {
+	t.Parallel()
+	h := tether.NewHandler(sessionEcho, tether.WithAcceptOptions(&websocket.AcceptOptions{OriginPatterns: []string{"good.example"}}))
+	var reqs atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqs.Add(1)
+		h.ServeHTTP(w, r)
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(func() { require.NoError(t, h.Close()); srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = tether.Dial(ctx, "ws://"+ln.Addr().String(), tether.WithFallback(""), tether.WithBackoff(constBackoff(10*time.Millisecond)),
+		tether.WithDialOptions(&websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"http://evil.example"}}}))
+	var he *tether.HandshakeError
+	require.True(t, errors.As(err, &he), "got %v", err)
+	require.Equal(t, http.StatusForbidden, he.StatusCode)
+	require.Equal(t, int64(1), reqs.Load(), "no polling after the Handler's own refusal")
 }

@@ -75,8 +75,9 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 	b.Reset()
 	var lastErr error
 	blocked := 0
+	now := false // the next attempt goes at once: it is over another transport
 	for attempt := 1; ; attempt++ {
-		if cause != nil || attempt > 1 {
+		if (cause != nil || attempt > 1) && !now {
 			d := b.NextBackOff()
 			if d == backoff.Stop {
 				return nil, &GiveUpError{Attempts: attempt - 1, Err: firstErr(lastErr, cause)}
@@ -104,11 +105,18 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			return nil, c.abortErr(ctx, err)
 		}
 		lastErr = err
+		now = false
 		c.stats.countFailure(err)
 		if c.opts.fallback && !viaPolling {
-			if blocksWebSocket(err) {
+			switch {
+			case fallsBackAtOnce(err):
+				c.logf(slog.LevelWarn, "WebSocket is refused on this path: moving to long polling", WebSocket, attempt, slog.Any("err", err))
+				c.setPolling(true)
+				c.fallbackCause = fmt.Errorf("tether: moved to long polling: %w", err)
+				blocked, now = 0, true
+			case blocksWebSocket(err):
 				blocked++
-			} else {
+			default:
 				blocked = 0
 			}
 			if blocked >= fallbackAfter {
@@ -445,6 +453,7 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 				StatusCode: resp.StatusCode,
 				RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 				Err:        err,
+				handler:    resp.Header.Get(headerProtocol) == Subprotocol,
 			}
 		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
@@ -463,8 +472,10 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 func (c *Conn) shouldRetry(err error) bool {
 	retry := retryable(err)
 	var he *HandshakeError
-	if c.opts.fallback && errors.As(err, &he) && he.StatusCode == http.StatusBadRequest {
-		retry = true // a proxy may answer 400 to the upgrade: fall back
+	if c.opts.fallback && errors.As(err, &he) && !he.polling &&
+		(he.StatusCode == http.StatusBadRequest || fallsBackAtOnce(err)) {
+		// A proxy may refuse the upgrade: polling decides.
+		retry = true
 	}
 	if c.opts.retryHook != nil && !isClosedLocally(err) {
 		retry = c.opts.retryHook(err, retry)

@@ -106,6 +106,9 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	op := q.Get(pollParam)
 	if op == "" {
+		// Marked as the Handler's own: a client that sent an Upgrade learns
+		// that a proxy stripped it, and moves to polling at once.
+		w.Header().Set(headerProtocol, Subprotocol)
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, "tether: expected a WebSocket handshake or a tether polling request", http.StatusUpgradeRequired)
 		return

@@ -110,7 +110,7 @@ func runFallback(ctx context.Context, w io.Writer) (err error) {
 
 	// Let the proxy refuse one of the background probes, then fix it.
 	out.printf("client: on polling; tether keeps probing WebSocket in the background")
-	for n := 0; n < 4; n++ { // three handshakes before the fallback, one probe
+	for n := 0; n < 2; n++ { // the handshake that moved the Conn, then one probe
 		select {
 		case <-px.refused:
 		case <-ctx.Done():

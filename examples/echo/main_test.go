@@ -62,9 +62,8 @@ func TestRunFallback(t *testing.T) {
 	}
 	want := []string{
 		"proxy: WebSocket handshake 1 refused",
-		"proxy: WebSocket handshake 3 refused",
 		"tether: connected over polling",
-		"moved to long polling after 3 blocked handshakes",
+		"moved to long polling: tether: handshake answered 426",
 		`echo "hello 3 over polling"`,
 		"proxy: fixed",
 		"passed",
