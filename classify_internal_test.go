@@ -100,6 +100,10 @@ func TestClassifyCloseCodes(t *testing.T) {
 		{websocket.StatusPolicyViolation, false},
 		{websocket.StatusMessageTooBig, false},
 		{websocket.StatusMandatoryExtension, false},
+		{3000, false}, // IANA: Unauthorized
+		{3003, false}, // IANA: Forbidden
+		{3001, true},
+		{3008, true},
 		{4000, false},
 		{4001, false},
 		{4500, false},

@@ -260,3 +260,75 @@ func ExampleWithOnConnect() {
 	// connect 1: server answered "subscribe news"
 	// connect 2: server answered "subscribe news"
 }
+
+func ExampleWithRetryPolicy() {
+	// A server whose protocol uses close codes 4000-4099 to mean "come back
+	// later": it closes the first link with 4001, then echoes.
+	var links sync.WaitGroup
+	first := make(chan struct{}, 1)
+	first <- struct{}{}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		links.Add(1)
+		defer links.Done()
+		defer c.CloseNow()
+		select {
+		case <-first:
+			c.Close(4001, "rebalancing")
+			return
+		default:
+		}
+		for {
+			typ, p, err := c.Read(r.Context())
+			if err != nil || c.Write(r.Context(), typ, p) != nil {
+				return
+			}
+		}
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	srv.Listener = ln
+	srv.Start()
+	defer func() { srv.CloseClientConnections(); srv.Close(); links.Wait() }()
+
+	// tether stops on 4000-4999 by default; this protocol wants a
+	// reconnect on its 40xx codes, and the default verdict on anything else.
+	policy := func(err error, retry bool) bool {
+		if code := websocket.CloseStatus(err); code >= 4000 && code <= 4099 {
+			return true
+		}
+		return retry
+	}
+	changes := make(chan tether.StateChange, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := tether.Dial(ctx, "ws://"+ln.Addr().String(), tether.WithRetryPolicy(policy),
+		tether.WithBackoff(exampleBackoff), tether.WithStateHook(func(sc tether.StateChange) { changes <- sc }))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return
+	}
+	defer c.CloseNow()
+	for sc := range changes {
+		if sc.To == tether.Reconnecting {
+			fmt.Println("reconnecting after close code", int(websocket.CloseStatus(sc.Cause)))
+		}
+		if sc.From == tether.Reconnecting && sc.To == tether.Connected {
+			break
+		}
+	}
+	if err := c.Write(ctx, websocket.MessageText, []byte("back")); err != nil {
+		fmt.Println("write:", err)
+		return
+	}
+	_, p, err := c.Read(ctx)
+	fmt.Println(string(p), err)
+	// Output:
+	// reconnecting after close code 4001
+	// back <nil>
+}

@@ -38,9 +38,11 @@ type liveLink struct {
 	cancel context.CancelFunc
 
 	// dead is closed, once, when anyone sees the link fail; err says why.
+	// foreign is the error err wraps when it was not tether's own.
 	dead     chan struct{}
 	deadOnce sync.Once
 	err      error
+	foreign  error
 
 	// wg counts the goroutines working on this link (background reader,
 	// pings). The supervisor waits for them before the next link is used.
@@ -75,6 +77,7 @@ func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
 func (l *liveLink) fail(err error) {
 	l.deadOnce.Do(func() {
 		if !strings.HasPrefix(err.Error(), "tether: ") {
+			l.foreign = err
 			err = fmt.Errorf("tether: %v link lost: %w", l.transport, err)
 		}
 		l.err = err

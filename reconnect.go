@@ -2,8 +2,6 @@ package tether
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +33,11 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 
 	for {
 		cause := c.heartbeat(l)
+		if cause == l.err && l.foreign != nil {
+			// In the words of the network, with 1006 for a link that
+			// ended without a close frame.
+			cause = newLostError(l.transport, l.foreign)
+		}
 		if c.ctx.Err() != nil {
 			c.retire(l, true)
 			if p := c.takeProbe(); p != nil {
@@ -52,8 +55,8 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 			}
 			cause = err
 		}
-		if !c.shouldRetry(cause) {
-			c.logf(slog.LevelWarn, "link lost for good", l.transport, 0, slog.Any("cause", cause))
+		if v := c.decide(cause); !v.retry {
+			c.logf(slog.LevelWarn, "link lost for good", l.transport, 0, slog.Any("cause", cause), slog.String("rule", v.rule))
 			c.finish(cause)
 			return
 		}
@@ -132,9 +135,13 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			// The polling path answers but refuses: try WebSocket again.
 			c.setPolling(false)
 		}
-		retry := c.shouldRetry(err)
-		c.logf(slog.LevelWarn, "connect attempt failed", WebSocket, attempt, slog.Bool("retry", retry), slog.Any("err", err))
-		if !retry {
+		v := c.decide(err)
+		tr := WebSocket
+		if viaPolling {
+			tr = Polling
+		}
+		c.logf(slog.LevelWarn, "connect attempt failed", tr, attempt, slog.Bool("retry", v.retry), slog.Any("err", err), slog.String("rule", v.rule))
+		if !v.retry {
 			return nil, err
 		}
 		if max := c.opts.maxRetries; max > 0 && attempt >= max {
@@ -466,77 +473,6 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 		d.watch, d.gate = slot.conn, slot.gate
 	}
 	return d, nil
-}
-
-// shouldRetry applies the classification and the user's override.
-func (c *Conn) shouldRetry(err error) bool {
-	retry := retryable(err)
-	var he *HandshakeError
-	if c.opts.fallback && errors.As(err, &he) && !he.polling &&
-		(he.StatusCode == http.StatusBadRequest || fallsBackAtOnce(err)) {
-		// A proxy may refuse the upgrade: polling decides.
-		retry = true
-	}
-	if c.opts.retryHook != nil && !isClosedLocally(err) {
-		retry = c.opts.retryHook(err, retry)
-	}
-	return retry
-}
-
-// retryable is tether's default verdict on a failed attempt or a lost link.
-func retryable(err error) bool {
-	if err == nil || isClosedLocally(err) {
-		return false
-	}
-	var he *HandshakeError
-	if errors.As(err, &he) {
-		switch he.StatusCode {
-		case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
-			return false
-		}
-		return true
-	}
-	if code := websocket.CloseStatus(err); code != -1 {
-		return retryableClose(code)
-	}
-	var (
-		unknownAuthority x509.UnknownAuthorityError
-		hostname         x509.HostnameError
-		invalid          x509.CertificateInvalidError
-		verify           *tls.CertificateVerificationError
-	)
-	if errors.As(err, &unknownAuthority) || errors.As(err, &hostname) ||
-		errors.As(err, &invalid) || errors.As(err, &verify) {
-		return false
-	}
-	return true
-}
-
-// retryableClose says whether a close code from the server is worth a
-// reconnect.
-func retryableClose(code websocket.StatusCode) bool {
-	switch {
-	case code == websocket.StatusNormalClosure:
-		return false // the server ended the conversation
-	case code == websocket.StatusGoingAway,
-		code == websocket.StatusAbnormalClosure,
-		code == websocket.StatusInternalError,
-		code == websocket.StatusServiceRestart,
-		code == websocket.StatusTryAgainLater,
-		code == websocket.StatusBadGateway,
-		code == websocket.StatusNoStatusRcvd:
-		return true
-	case code == websocket.StatusProtocolError,
-		code == websocket.StatusUnsupportedData,
-		code == websocket.StatusInvalidFramePayloadData,
-		code == websocket.StatusPolicyViolation,
-		code == websocket.StatusMessageTooBig,
-		code == websocket.StatusMandatoryExtension:
-		return false
-	case code >= 4000 && code <= 4999:
-		return false
-	}
-	return true
 }
 
 // retire takes l out of use: no Read or Write reaches it any more, it is
