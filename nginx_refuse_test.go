@@ -5,11 +5,13 @@ package tether_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,11 +86,27 @@ func TestNginxRefusedEverywhereIsPermanent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err = tether.Dial(ctx, "ws://"+ng.Addr+"/", tether.WithFallback(""), tether.WithBackoff(constBackoff(time.Second)))
+	var logs lockedWriter
+	_, err = tether.Dial(ctx, "ws://"+ng.Addr+"/", tether.WithFallback(""), tether.WithBackoff(constBackoff(time.Second)),
+		tether.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	require.Less(t, time.Since(start), time.Second)
 	var he *tether.HandshakeError
 	require.True(t, errors.As(err, &he), "got %v", err)
 	require.Equal(t, http.StatusForbidden, he.StatusCode)
 	require.NotErrorIs(t, err, tether.ErrGaveUp)
 	require.Equal(t, int64(1), reqs.Load(), "one polling open reached the server; the handshake stopped at the proxy")
+	// Each attempt is logged with its own transport, and the last says
+	// which rule made it final.
+	var ws, poll string
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "connect attempt failed") && strings.Contains(line, "transport=websocket") {
+			ws = line
+		}
+		if strings.Contains(line, "connect attempt failed") && strings.Contains(line, "transport=polling") {
+			poll = line
+		}
+	}
+	require.Contains(t, ws, "retry=true", logs.String())
+	require.Contains(t, poll, "retry=false", logs.String())
+	require.Contains(t, poll, `rule="long-polling status 403 is permanent"`, logs.String())
 }
