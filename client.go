@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/coder/websocket"
 )
 
@@ -64,7 +65,8 @@ type Conn struct {
 	pollURL     *url.URL
 	probes      chan *dialed // a successful WebSocket probe, while polling
 
-	fallbackCause error // why the Conn moved to polling; supervisor only
+	fallbackCause error           // why the Conn moved to polling; supervisor only
+	backoff       backoff.BackOff // the delays between attempts; supervisor only
 
 	closeReadCtx context.Context // set by the first CloseRead
 

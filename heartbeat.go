@@ -70,13 +70,16 @@ func (c *Conn) heartbeatLoop(l *liveLink, t *time.Timer, interval, timeout time.
 			for _, r := range results.take() {
 				inflight--
 				c.judgePing(l, r)
+				if r.err == nil {
+					oldest = time.Time{} // a pong: the link is alive
+				}
 			}
 			continue
 		case <-t.C:
 		}
 		now := time.Now()
 		seen := l.lastSeen()
-		if !oldest.IsZero() && seen.After(oldest) {
+		if !oldest.IsZero() && !seen.Before(oldest) {
 			oldest = time.Time{} // the link has shown life since
 		}
 		if timeout > 0 && !oldest.IsZero() && now.Sub(oldest) >= timeout {

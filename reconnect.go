@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"time"
@@ -21,7 +22,7 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 
 	fctx, cancel := context.WithCancelCause(c.ctx)
 	stop := context.AfterFunc(dialCtx, func() { cancel(dialCtx.Err()) })
-	l, err := c.connect(fctx, Connecting, nil)
+	l, err := c.connect(fctx, Connecting, nil, true)
 	stop()
 	cancel(nil)
 	if err != nil {
@@ -31,6 +32,7 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 	}
 	first <- nil
 
+	up := time.Now() // when the current link came up
 	for {
 		cause := c.heartbeat(l)
 		if cause == l.err && l.foreign != nil {
@@ -50,7 +52,7 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 		if ws := c.takeProbe(); ws != nil {
 			nl, err := c.upgrade(ws)
 			if err == nil {
-				l = nl
+				l, up = nl, time.Now()
 				continue
 			}
 			cause = err
@@ -62,20 +64,41 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 		}
 		c.logf(slog.LevelInfo, "link lost, reconnecting", l.transport, 0, slog.Any("cause", cause))
 		c.setState(Reconnecting, cause, 0)
-		if l, err = c.connect(c.ctx, Reconnecting, cause); err != nil {
+		proven := time.Since(up) >= linkProven
+		if l, err = c.connect(c.ctx, Reconnecting, cause, proven); err != nil {
 			c.finish(err)
 			return
 		}
+		up = time.Now()
 	}
 }
+
+// linkProven is how long a link must stay up for the backoff to start over
+// after it is lost. A server that accepts links and drops them at once (a
+// retryable close code, a crash loop) sees the delays grow instead of a
+// reconnect a second from every client.
+const linkProven = 10 * time.Second
+
+// tryAgainLater is the least delay after a 1013 close (Try Again Later), the
+// WebSocket form of a Retry-After; the delay is drawn up to twice that, so
+// that clients told together come back apart.
+const tryAgainLater = 5 * time.Second
 
 // connect makes attempts, with backoff between them, until a link is up and
 // its OnConnect hook has run and the send queue has been flushed. ctx bounds
 // it. After a lost link (cause non-nil) the first attempt waits one backoff
-// step too, so that a crowd of clients dropped together spreads out.
-func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink, error) {
-	b := c.opts.newBackoff()
-	b.Reset()
+// step too, so that a crowd of clients dropped together spreads out. The
+// backoff goes on from where the last outage left it, unless fresh: the
+// first connect, or the lost link had proved itself (see linkProven).
+func (c *Conn) connect(ctx context.Context, from State, cause error, fresh bool) (*liveLink, error) {
+	if c.backoff == nil {
+		c.backoff = c.opts.newBackoff()
+		fresh = true
+	}
+	b := c.backoff
+	if fresh {
+		b.Reset()
+	}
 	var lastErr error
 	blocked := 0
 	now := false // the next attempt goes at once: it is over another transport
@@ -88,6 +111,9 @@ func (c *Conn) connect(ctx context.Context, from State, cause error) (*liveLink,
 			var he *HandshakeError
 			if errors.As(lastErr, &he) && he.RetryAfter > d {
 				d = he.RetryAfter
+			}
+			if websocket.CloseStatus(firstErr(lastErr, cause)) == websocket.StatusTryAgainLater {
+				d = max(d, tryAgainLater+rand.N(tryAgainLater))
 			}
 			if err := sleep(ctx, d); err != nil {
 				return nil, c.abortErr(ctx, lastErr)
@@ -331,9 +357,10 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	hello, err := wf.readFrame(hctx)
 	if err != nil {
 		_ = ws.CloseNow()
-		if websocket.CloseStatus(err) != -1 {
+		if code := websocket.CloseStatus(err); code != -1 && code != websocket.StatusTryAgainLater {
 			// The server closed instead of greeting: the session it was
-			// asked to resume has ended.
+			// asked to resume has ended. (1013 says it is busy: try again
+			// later, with the session.)
 			c.dropSession()
 			return nil, fmt.Errorf("tether: session ended by the server: %w", err)
 		}

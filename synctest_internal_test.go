@@ -328,3 +328,22 @@ func TestSynctestHeartbeatTimeoutReplacesLink(t *testing.T) {
 		s.wg.Wait()
 	})
 }
+
+// A server that answers every ping keeps its link for an hour under the
+// default heartbeat, though in fake time each pong comes back at the very
+// instant its ping went out.
+func TestSynctestAnsweredPingsKeepLink(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := &pipeServer{}
+		var states stateLog
+		c := dialPipe(t, s, WithStateHook(states.hook))
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		require.Empty(t, states.to(Reconnecting))
+		require.Equal(t, int64(1), s.dials.Load())
+		st := c.Stats()
+		require.Equal(t, uint64(time.Hour/DefaultHeartbeatInterval), st.PingsAnswered)
+		require.Zero(t, st.PingsFailed)
+	})
+}

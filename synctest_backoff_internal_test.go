@@ -1,0 +1,116 @@
+package tether
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+)
+
+// gapsAfterLoss returns, for each Reconnecting transition, how long it was
+// until the next dial, when every attempt succeeds: the k-th loss is
+// followed by dial k+1.
+func gapsAfterLoss(states *stateLog, dials []time.Time) []time.Duration {
+	var gaps []time.Duration
+	for k, sc := range states.to(Reconnecting) {
+		if k+1 < len(dials) {
+			gaps = append(gaps, dials[k+1].Sub(sc.At))
+		}
+	}
+	return gaps
+}
+
+// A server that accepts every link and closes it a second later with a
+// retryable code: the backoff is not reset by links that did not prove
+// themselves, so the delays grow to the cap instead of a reconnect every
+// second or two.
+func TestSynctestFlappingServerBackoffGrows(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := &pipeServer{handle: func(ctx context.Context, ws *websocket.Conn) {
+			time.Sleep(time.Second)
+			_ = ws.Close(websocket.StatusGoingAway, "restarting")
+		}}
+		var states stateLog
+		c := dialPipe(t, s, WithStateHook(states.hook))
+		time.Sleep(30 * time.Minute)
+		synctest.Wait()
+		n := s.dials.Load()
+		gaps := gapsAfterLoss(&states, s.times())
+		var longest time.Duration
+		for _, g := range gaps {
+			require.Less(t, g, defaultBackoffMax)
+			longest = max(longest, g)
+		}
+		// Fresh delays every time would be ~900 links in 30 minutes.
+		require.Less(t, n, int64(200), "links in 30 minutes of a flapping server")
+		require.Greater(t, longest, 20*time.Second, "the delays grew")
+		require.NotEqual(t, Closed, c.State())
+	})
+}
+
+// A link that stayed up a while has proved itself: after it, the backoff
+// starts over, however much it had grown before.
+func TestSynctestProvenLinkResetsBackoff(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var links atomic.Int64
+		s := &pipeServer{handle: func(ctx context.Context, ws *websocket.Conn) {
+			life := time.Second
+			if links.Add(1) > 6 {
+				life = linkProven + time.Minute
+			}
+			time.Sleep(life)
+			_ = ws.Close(websocket.StatusGoingAway, "restarting")
+		}}
+		var states stateLog
+		dialPipe(t, s, WithStateHook(states.hook))
+		for links.Load() < 13 {
+			time.Sleep(time.Minute)
+		}
+		synctest.Wait()
+		gaps := gapsAfterLoss(&states, s.times())
+		require.GreaterOrEqual(t, len(gaps), 12)
+		// The six short links grew the backoff; each of the long ones
+		// reset it: the first delay after each is below the first step.
+		for i := 6; i < 12; i++ {
+			require.Less(t, gaps[i], defaultBackoffInitial, "delay after proven link %d", i+1)
+		}
+	})
+}
+
+// 1013 (Try Again Later) is honoured like a Retry-After: the next attempt
+// waits at least 5 s, whatever the backoff says.
+func TestSynctestTryAgainLaterWaits(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var links atomic.Int64
+		s := &pipeServer{handle: func(ctx context.Context, ws *websocket.Conn) {
+			if links.Add(1) <= 3 {
+				_ = ws.Close(websocket.StatusTryAgainLater, "busy")
+				return
+			}
+			_, _, _ = ws.Read(ctx)
+		}}
+		var states stateLog
+		dialPipe(t, s, WithStateHook(states.hook), WithBackoff(constBackoffFactory(10*time.Millisecond)))
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		gaps := gapsAfterLoss(&states, s.times())
+		require.Len(t, gaps, 3)
+		require.Equal(t, int64(4), s.dials.Load())
+		for i, g := range gaps {
+			require.GreaterOrEqual(t, g, tryAgainLater, "delay after 1013 number %d", i+1)
+			require.Less(t, g, 2*tryAgainLater+10*time.Millisecond)
+		}
+	})
+}
+
+func constBackoffFactory(d time.Duration) func() backoff.BackOff {
+	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
+}
