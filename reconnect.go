@@ -35,7 +35,7 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 	up := time.Now() // when the current link came up
 	for {
 		cause := c.heartbeat(l)
-		if cause == l.err && l.foreign != nil {
+		if l.failed() && cause == l.err && l.foreign != nil {
 			// In the words of the network, with 1006 for a link that
 			// ended without a close frame.
 			cause = newLostError(l.transport, l.foreign)
