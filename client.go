@@ -170,7 +170,9 @@ func (c *Conn) Transport() Transport {
 }
 
 // Subprotocol returns the subprotocol the server chose for the current (or
-// last) link.
+// last) link. It is tether.v1 only in session mode: a server that echoed
+// tether.v1 without the Handler's Tether-Protocol mark does not speak it, and
+// the link is plain, with no subprotocol.
 func (c *Conn) Subprotocol() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

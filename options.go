@@ -58,6 +58,7 @@ type options struct {
 	readLimit        int64
 	fallback         bool
 	pollURL          string
+	noSession        bool
 	newProbeBackoff  func() backoff.BackOff
 
 	errs []error
@@ -87,6 +88,9 @@ func (o *options) invalid(format string, args ...any) {
 func (o *options) validate() error {
 	if len(o.errs) > 0 {
 		return o.errs[0]
+	}
+	if o.fallback && o.noSession {
+		return fmt.Errorf("tether: WithFallback: long polling needs session mode, which WithSessionMode(false) turned off: %w", ErrInvalidOption)
 	}
 	return nil
 }
@@ -262,6 +266,16 @@ func WithLogger(l *slog.Logger) Option {
 		}
 		o.logger = l
 	}
+}
+
+// WithSessionMode(false) keeps the Conn in plain mode against any server:
+// the subprotocol tether.v1 is not offered at all. Use it against a server
+// that picks whatever subprotocol a client offers first, or refuses those it
+// does not know. The default, true, offers tether.v1 last among the
+// subprotocols of WithDialOptions, and session mode starts only when a tether
+// Handler takes it up. WithFallback needs session mode.
+func WithSessionMode(enabled bool) Option {
+	return func(o *options) { o.noSession = !enabled }
 }
 
 // WithReadLimit sets the largest message Read accepts, as

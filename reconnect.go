@@ -334,11 +334,18 @@ func (c *Conn) bringUp(ctx context.Context, l *liveLink) error {
 // server's Hello and resumes the session.
 func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	ws, resp := d.ws, d.resp
+	session := ws.Subprotocol() == Subprotocol && resp != nil && resp.Header.Get(headerProtocol) == Subprotocol
 	c.mu.Lock()
 	limit := c.readLimit
 	c.subproto = ws.Subprotocol()
+	if !session && c.subproto == Subprotocol {
+		// A server that echoed tether.v1 without speaking it (one that
+		// picks the first subprotocol offered): plain mode, and no
+		// subprotocol the application could act on.
+		c.subproto = ""
+	}
 	c.mu.Unlock()
-	if ws.Subprotocol() != Subprotocol || resp == nil || resp.Header.Get(headerProtocol) != Subprotocol {
+	if !session {
 		ws.SetReadLimit(limit)
 		l := newLiveLink(c.ctx, ws, WebSocket)
 		l.watch, l.gate = d.watch, d.gate
@@ -477,8 +484,11 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 				do.HTTPClient = watchClient
 			}
 		}
-		// Offered last: some servers pick the client's first subprotocol.
-		do.Subprotocols = append(append([]string(nil), do.Subprotocols...), Subprotocol)
+		if !c.opts.noSession {
+			// Offered last: some servers pick the client's first
+			// subprotocol.
+			do.Subprotocols = append(append([]string(nil), do.Subprotocols...), Subprotocol)
+		}
 		ws, resp, err = websocket.Dial(ctx, c.url, &do)
 	}
 	if err != nil {
