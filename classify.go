@@ -64,6 +64,9 @@ func classify(err error) verdict {
 	if code := websocket.CloseStatus(err); code != -1 {
 		return classifyClose(code)
 	}
+	if errors.Is(err, ErrRedirect) {
+		return verdict{false, "a redirect to another host or to cleartext is permanent"}
+	}
 	var (
 		unknownAuthority x509.UnknownAuthorityError
 		hostname         x509.HostnameError

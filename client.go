@@ -129,21 +129,22 @@ func checkURL(raw string) (string, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", fmt.Errorf("tether: Dial: %w: %w", ErrInvalidURL, err)
+		return "", fmt.Errorf("tether: Dial: %w: %w", ErrInvalidURL, redactErr(err))
 	}
+	shown := redactURL(raw)
 	switch u.Scheme {
 	case "ws", "wss", "http", "https":
 	case "":
-		return "", fmt.Errorf("tether: Dial: URL %q has no scheme (want ws, wss, http or https): %w", raw, ErrInvalidURL)
+		return "", fmt.Errorf("tether: Dial: URL %q has no scheme (want ws, wss, http or https): %w", shown, ErrInvalidURL)
 	default:
-		return "", fmt.Errorf("tether: Dial: URL %q has unsupported scheme %q (want ws, wss, http or https): %w", raw, u.Scheme, ErrInvalidURL)
+		return "", fmt.Errorf("tether: Dial: URL %q has unsupported scheme %q (want ws, wss, http or https): %w", shown, u.Scheme, ErrInvalidURL)
 	}
 	if u.Host == "" || u.Hostname() == "" {
-		return "", fmt.Errorf("tether: Dial: URL %q has no host: %w", raw, ErrInvalidURL)
+		return "", fmt.Errorf("tether: Dial: URL %q has no host: %w", shown, ErrInvalidURL)
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return "", fmt.Errorf("tether: Dial: URL %q has invalid port %q: %w", raw, p, ErrInvalidURL)
+			return "", fmt.Errorf("tether: Dial: URL %q has invalid port %q: %w", shown, p, ErrInvalidURL)
 		}
 	}
 	return u.String(), nil

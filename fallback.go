@@ -62,15 +62,16 @@ func pollURLFor(dialURL, pollURL string) (*url.URL, error) {
 	}
 	u, err := url.Parse(pollURL)
 	if err != nil {
-		return nil, fmt.Errorf("tether: WithFallback: %w: %w", ErrInvalidOption, err)
+		return nil, fmt.Errorf("tether: WithFallback: %w: %w", ErrInvalidOption, redactErr(err))
 	}
+	shown := redactURL(pollURL)
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("tether: WithFallback: URL %q must be http or https: %w", pollURL, ErrInvalidOption)
+		return nil, fmt.Errorf("tether: WithFallback: URL %q must be http or https: %w", shown, ErrInvalidOption)
 	case secure && u.Scheme != "https":
-		return nil, fmt.Errorf("tether: WithFallback: URL %q would downgrade %s to plain HTTP: %w", pollURL, d.Scheme, ErrInvalidOption)
+		return nil, fmt.Errorf("tether: WithFallback: URL %q would downgrade %s to plain HTTP: %w", shown, d.Scheme, ErrInvalidOption)
 	case u.Host == "":
-		return nil, fmt.Errorf("tether: WithFallback: URL %q has no host: %w", pollURL, ErrInvalidOption)
+		return nil, fmt.Errorf("tether: WithFallback: URL %q has no host: %w", shown, ErrInvalidOption)
 	}
 	return u, nil
 }
@@ -112,28 +113,14 @@ func blocksWebSocket(err error) bool {
 
 var errNoHello = errors.New("tether: the server did not greet the session")
 
-// pollHTTPClient is the WebSocket dial's http.Client, refusing redirects from
-// https to http.
+// pollHTTPClient is the WebSocket dial's http.Client, refusing redirects to
+// another host or from https to http (see checkRedirect).
 func (c *Conn) pollHTTPClient() *http.Client {
-	base := http.DefaultClient
-	if c.opts.dialOpts != nil && c.opts.dialOpts.HTTPClient != nil {
+	var base *http.Client
+	if c.opts.dialOpts != nil {
 		base = c.opts.dialOpts.HTTPClient
 	}
-	hc := *base
-	userCheck := base.CheckRedirect
-	hc.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if len(via) > 0 && via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
-			return errors.New("tether: refusing a redirect from https to http")
-		}
-		if userCheck != nil {
-			return userCheck(req, via)
-		}
-		if len(via) >= 10 {
-			return errors.New("tether: stopped after 10 redirects")
-		}
-		return nil
-	}
-	return &hc
+	return guardedClient(base)
 }
 
 // pollTransport carries session frames over HTTP long polling: a poller
@@ -219,7 +206,7 @@ func (t *pollTransport) start(ack func() uint64, onAck func(uint64)) {
 func doPoll(hc *http.Client, req *http.Request, maxFrames int) ([]frame.Frame, error) {
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, redactErr(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, DefaultMaxBody+1))

@@ -303,7 +303,7 @@ var watchTransport = func() *http.Transport {
 	return t
 }()
 
-var watchClient = &http.Client{Transport: watchTransport}
+var watchClient = &http.Client{Transport: watchTransport, CheckRedirect: checkRedirect(nil)}
 
 // watchTarget is the address the transport dials for a WebSocket URL.
 func watchTarget(u *url.URL) string {

@@ -253,9 +253,9 @@ func (c *Conn) abortErr(ctx context.Context, last error) error {
 		return errClosedLocally
 	}
 	if last != nil {
-		return fmt.Errorf("tether: connect to %s: %w (last attempt: %v)", c.url, context.Cause(ctx), last)
+		return fmt.Errorf("tether: connect to %s: %w (last attempt: %v)", redactURL(c.url), context.Cause(ctx), last)
 	}
-	return fmt.Errorf("tether: connect to %s: %w", c.url, context.Cause(ctx))
+	return fmt.Errorf("tether: connect to %s: %w", redactURL(c.url), context.Cause(ctx))
 }
 
 // logf writes a record with the conn id (already on c.log), the transport
@@ -483,6 +483,8 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 				ctx = context.WithValue(ctx, watchKey{}, slot)
 				do.HTTPClient = watchClient
 			}
+		} else {
+			do.HTTPClient = guardedClient(do.HTTPClient)
 		}
 		if !c.opts.noSession {
 			// Offered last: some servers pick the client's first
@@ -492,6 +494,7 @@ func (c *Conn) dial(ctx context.Context) (*dialed, error) {
 		ws, resp, err = websocket.Dial(ctx, c.url, &do)
 	}
 	if err != nil {
+		err = redactErr(err)
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			return nil, &HandshakeError{
 				StatusCode: resp.StatusCode,
