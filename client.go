@@ -198,6 +198,12 @@ func (c *Conn) SetReadLimit(n int64) {
 	}
 }
 
+func (c *Conn) currentReadLimit() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readLimit
+}
+
 // sessionReadLimit leaves room for the frame header in session mode.
 func sessionReadLimit(n int64) int64 {
 	if n < 0 {

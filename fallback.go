@@ -253,6 +253,19 @@ func (t *pollTransport) request(ctx context.Context, method, op string, body []b
 	if err != nil {
 		return nil, err
 	}
+	if fn := t.c.opts.header; fn != nil {
+		// Fresh for every request, as for every handshake: middleware in
+		// front of the Handler checks each one.
+		extra, err := fn(ctx)
+		if err != nil {
+			return nil, &hookError{hook: "WithHeader", err: err}
+		}
+		for k, vs := range extra {
+			for _, v := range vs {
+				req.Header.Add(k, v)
+			}
+		}
+	}
 	req.Header.Set(headerSecret, t.secret)
 	req.Header.Set(ConnIDHeader, t.c.id)
 	if body != nil {
@@ -312,6 +325,12 @@ func (t *pollTransport) poll() {
 			return
 		}
 		for _, f := range fs {
+			if limit := t.c.currentReadLimit(); f.Kind == frame.Data && limit >= 0 && int64(len(f.Payload)) > limit {
+				// WithReadLimit holds on polling as on WebSocket.
+				t.fail(fmt.Errorf("tether: polling: a message of %d bytes from the server: %w (read limit %d)",
+					len(f.Payload), websocket.ErrMessageTooBig, limit))
+				return
+			}
 			select {
 			case t.frames <- f:
 			case <-t.ctx.Done():

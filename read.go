@@ -40,6 +40,7 @@ type reader struct {
 	more         chan struct{} // closed when deliver adds to pending; renewed
 	room         chan struct{} // closed when a Read takes from pending; renewed
 	lost         error         // a lost session, reported once by Read
+	tooBig       error         // a message over the read limit, reported once by Read
 	held         *heldMsg      // a plain message begun but left unread (see hold)
 	discard      bool          // CloseRead was called: messages are read and dropped
 
@@ -196,6 +197,11 @@ func (r *reader) readLocked(ctx context.Context) message {
 		if r.lost != nil {
 			err := r.lost
 			r.lost = nil
+			return r.leave(message{err: err})
+		}
+		if r.tooBig != nil {
+			err := r.tooBig
+			r.tooBig = nil
 			return r.leave(message{err: err})
 		}
 		if r.final != nil {
@@ -598,6 +604,20 @@ func (r *reader) end(err error) {
 	case <-r.up:
 	default:
 		close(r.up)
+	}
+}
+
+// reportTooBig tells the next Read that a message over the read limit was
+// dropped with its link. Reports not yet taken are not stacked.
+func (r *reader) reportTooBig(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.tooBig == nil && !r.discard {
+		r.tooBig = err
+	}
+	if r.more != nil {
+		close(r.more)
+		r.more = nil
 	}
 }
 

@@ -40,6 +40,13 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 			// ended without a close frame.
 			cause = newLostError(l.transport, l.foreign)
 		}
+		if errors.Is(cause, websocket.ErrMessageTooBig) {
+			// The message is gone with its link; the application is told
+			// once, and the reconnects that follow are spaced by the
+			// backoff, since such a link does not prove itself.
+			c.rd.reportTooBig(fmt.Errorf("tether: read: a message from the server was over the read limit of %d bytes and was dropped with its link: %w",
+				c.currentReadLimit(), websocket.ErrMessageTooBig))
+		}
 		if c.ctx.Err() != nil {
 			c.retire(l, true)
 			if p := c.takeProbe(); p != nil {

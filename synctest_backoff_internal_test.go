@@ -114,3 +114,34 @@ func TestSynctestTryAgainLaterWaits(t *testing.T) {
 func constBackoffFactory(d time.Duration) func() backoff.BackOff {
 	return func() backoff.BackOff { return backoff.NewConstantBackOff(d) }
 }
+
+// A server that sends a message over the read limit on every connect (a
+// snapshot that grew) is not hammered: such links do not prove themselves,
+// and the delays between them grow. Read is told.
+func TestSynctestOverLimitDoesNotLoopAtFullSpeed(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := &pipeServer{handle: func(ctx context.Context, ws *websocket.Conn) {
+			// Reading while it writes, the server takes the client's
+			// close at once.
+			ctx = ws.CloseRead(ctx)
+			if ws.Write(ctx, websocket.MessageBinary, make([]byte, 64<<10)) != nil {
+				return
+			}
+			<-ctx.Done()
+		}}
+		c := dialPipe(t, s, WithBackoff(func() backoff.BackOff {
+			return backoff.NewExponentialBackOff(backoff.WithInitialInterval(10*time.Millisecond),
+				backoff.WithRandomizationFactor(0), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
+		}))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, _, err := c.Read(ctx)
+		require.ErrorIs(t, err, websocket.ErrMessageTooBig)
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		// 10 ms doubling to 10 s: 22 links in a minute; fresh delays
+		// make thousands.
+		require.LessOrEqual(t, s.dials.Load(), int64(30))
+	})
+}
