@@ -3,9 +3,12 @@ package tether_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -147,4 +150,60 @@ func TestFallbackHandlerRefusalIsPermanent(t *testing.T) {
 	require.True(t, errors.As(err, &he), "got %v", err)
 	require.Equal(t, http.StatusForbidden, he.StatusCode)
 	require.Equal(t, int64(1), reqs.Load(), "no polling after the Handler's own refusal")
+}
+
+// WithHeader's headers go on every long-polling request, not only on the
+// open, and fresh for each: middleware in front of the Handler checks every
+// request.
+func TestPollingCarriesHeaderOnEveryRequest(t *testing.T) {
+	t.Parallel()
+	h := tether.NewHandler(sessionEcho)
+	var (
+		mu     sync.Mutex
+		tokens = map[string]int{}
+		bare   []string
+	)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			// A proxy that strips the Upgrade: WebSocket never works.
+			r.Header.Del("Upgrade")
+			r.Header.Del("Connection")
+		}
+		mu.Lock()
+		if tok := r.Header.Get("Authorization"); tok != "" {
+			tokens[tok]++
+		} else {
+			bare = append(bare, r.Method+" "+r.URL.RawQuery)
+		}
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(func() { require.NoError(t, h.Close()); srv.CloseClientConnections(); srv.Close() })
+
+	var n atomic.Int64
+	c := dial(t, "ws://"+ln.Addr().String(), tether.WithFallback(""),
+		tether.WithHeader(func(context.Context) (http.Header, error) {
+			return http.Header{"Authorization": {fmt.Sprintf("Bearer tok-%d", n.Add(1))}}, nil
+		}))
+	require.Equal(t, tether.Polling, c.Transport())
+	ctx := ctxT(t, 10*time.Second)
+	for i := range 5 {
+		msg := []byte(strconv.Itoa(i))
+		require.NoError(t, c.Write(ctx, websocket.MessageText, msg))
+		_, p, err := c.Read(ctx)
+		require.NoError(t, err)
+		require.Equal(t, msg, p)
+	}
+	require.NoError(t, c.Close(websocket.StatusNormalClosure, ""))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, bare, "requests without the header")
+	require.GreaterOrEqual(t, len(tokens), 10, "a handshake, the open, polls and sends")
+	for tok, k := range tokens {
+		require.Equal(t, 1, k, "%s was used on %d requests: headers are fresh per request", tok, k)
+	}
 }
