@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -503,4 +504,69 @@ func closeWithin(t *testing.T, c *tether.Conn, d time.Duration) {
 		t.Fatalf("Close did not return within %v", d)
 	}
 	require.Equal(t, tether.Closed, c.State())
+}
+
+// WithMaxRetries bounds every outage, not only Dial: a server that goes away
+// for good after the first link ends the Conn after that many attempts.
+func TestMaxRetriesInLaterOutage(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t, nil)
+	p := proxied(t, s)
+	ev := newEvents()
+	c := dial(t, "ws://"+p.Addr(), ev.option(), tether.WithMaxRetries(3))
+	before := c.Stats().Dials
+	outage(t, p, ev)
+	sc := ev.next(t, tether.Closed, 10*time.Second)
+	var gu *tether.GiveUpError
+	require.True(t, errors.As(sc.Cause, &gu), "cause: %v", sc.Cause)
+	require.Equal(t, 3, gu.Attempts)
+	require.ErrorIs(t, sc.Cause, syscall.ECONNREFUSED)
+	require.Equal(t, before+3, c.Stats().Dials)
+	_, _, err := c.Read(ctxT(t, time.Second))
+	require.ErrorIs(t, err, tether.ErrGaveUp)
+}
+
+// An OnConnect error is a failed attempt like any other: the link is closed,
+// the attempt counts against WithMaxRetries and in Stats, and the next one
+// waits its backoff.
+func TestOnConnectErrorIsAFailedAttempt(t *testing.T) {
+	t.Parallel()
+	hookErr := errors.New("subscribe refused")
+	t.Run("gives up", func(t *testing.T) {
+		t.Parallel()
+		var ended atomic.Int64
+		s := newTestServer(t, func(ctx context.Context, c *websocket.Conn) {
+			echo(ctx, c)
+			ended.Add(1)
+		})
+		var calls atomic.Int64
+		ctx := ctxT(t, 10*time.Second)
+		_, err := tether.Dial(ctx, s.URL(), tether.WithBackoff(fastBackoff), tether.WithMaxRetries(3),
+			tether.WithOnConnect(func(context.Context, *tether.Conn) error {
+				calls.Add(1)
+				return hookErr
+			}))
+		var gu *tether.GiveUpError
+		require.True(t, errors.As(err, &gu), "got %v", err)
+		require.Equal(t, 3, gu.Attempts)
+		require.ErrorIs(t, err, hookErr)
+		require.Equal(t, int64(3), calls.Load())
+		require.Equal(t, int64(3), s.accepted.Load(), "one link per attempt")
+		eventually(t, 5*time.Second, func() bool { return ended.Load() == 3 }, "every link the hook refused closed")
+	})
+	t.Run("counted", func(t *testing.T) {
+		t.Parallel()
+		s := newTestServer(t, nil)
+		var calls atomic.Int64
+		c := dial(t, s.URL(), tether.WithOnConnect(func(context.Context, *tether.Conn) error {
+			if calls.Add(1) == 1 {
+				return hookErr
+			}
+			return nil
+		}))
+		st := c.Stats()
+		require.Equal(t, uint64(1), st.HandshakeFailures.Hook)
+		require.Equal(t, uint64(2), st.Dials)
+		eventually(t, 5*time.Second, func() bool { return s.accepted.Load() == 2 }, "two links at the server")
+	})
 }
