@@ -145,3 +145,26 @@ func TestSynctestOverLimitDoesNotLoopAtFullSpeed(t *testing.T) {
 		require.LessOrEqual(t, s.dials.Load(), int64(30))
 	})
 }
+
+// After a lost link, the first attempt waits one backoff step too, so that a
+// crowd of clients dropped together by a restart spreads out.
+func TestSynctestFirstReconnectWaits(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var links atomic.Int64
+		s := &pipeServer{handle: func(ctx context.Context, ws *websocket.Conn) {
+			if links.Add(1) == 1 {
+				_ = ws.Close(websocket.StatusGoingAway, "restarting")
+				return
+			}
+			_, _, _ = ws.Read(ctx)
+		}}
+		var states stateLog
+		dialPipe(t, s, WithStateHook(states.hook), WithBackoff(constBackoffFactory(3*time.Second)))
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		gaps := gapsAfterLoss(&states, s.times())
+		require.Len(t, gaps, 1)
+		require.Equal(t, 3*time.Second, gaps[0], "the first reconnect waited one step")
+	})
+}

@@ -347,3 +347,52 @@ func TestSynctestAnsweredPingsKeepLink(t *testing.T) {
 		require.Zero(t, st.PingsFailed)
 	})
 }
+
+// Inbound traffic is proof of life, in fake time: a server that never
+// answers a ping but sends a message every 2 s is never pinged under a 5 s
+// interval; one that sends every 7 s is pinged in each quiet spell, and the
+// next message, not a pong, proves the link alive before the 5 s timeout.
+func TestSynctestTrafficIsProofOfLife(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		every time.Duration
+		pings uint64 // heartbeat pings in the hour
+	}{
+		{2 * time.Second, 0},
+		{7 * time.Second, uint64(time.Hour / (7 * time.Second))},
+	} {
+		t.Run(tc.every.String(), func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				s := &pipeServer{
+					onPing: func() bool { return false },
+					handle: func(ctx context.Context, ws *websocket.Conn) {
+						ctx = ws.CloseRead(ctx)
+						tk := time.NewTicker(tc.every)
+						defer tk.Stop()
+						for {
+							select {
+							case <-ctx.Done():
+								return
+							case <-tk.C:
+								if ws.Write(ctx, websocket.MessageText, []byte("tick")) != nil {
+									return
+								}
+							}
+						}
+					},
+				}
+				var states stateLog
+				c := dialPipe(t, s, WithHeartbeat(5*time.Second, 5*time.Second), WithStateHook(states.hook))
+				c.CloseRead(context.Background())
+				time.Sleep(time.Hour)
+				synctest.Wait()
+				require.Empty(t, states.to(Reconnecting), "the link was dropped")
+				require.Equal(t, int64(1), s.dials.Load())
+				st := c.Stats()
+				require.InDelta(t, tc.pings, st.PingsSent, 1)
+				require.Zero(t, st.PingsAnswered)
+			})
+		})
+	}
+}
