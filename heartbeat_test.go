@@ -90,16 +90,18 @@ func TestHeartbeatTrafficIsProofOfLife(t *testing.T) {
 		}
 	})
 	s.noPong.Store(true)
-	c := dial(t, s.URL(), tether.WithHeartbeat(50*time.Millisecond, 50*time.Millisecond))
+	c := dial(t, s.URL(), tether.WithHeartbeat(100*time.Millisecond, 100*time.Millisecond))
 	ctx := ctxT(t, 10*time.Second)
-	for range 100 { // about 0.5 s: ten heartbeat intervals
+	for range 200 { // about 1 s: ten heartbeat intervals
 		_, _, err := c.Read(ctx)
 		require.NoError(t, err)
 	}
 	close(stop)
 	st := c.Stats()
 	require.Zero(t, st.Reconnects)
-	require.Zero(t, st.PingsFailed)
+	// A quiet spell of an interval (a stalled machine) may send one ping;
+	// pinging regardless of traffic would send ten.
+	require.LessOrEqual(t, st.PingsSent, uint64(2), "pings went out on a link that kept receiving")
 	require.Equal(t, int64(1), s.accepted.Load())
 }
 
