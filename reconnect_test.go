@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"runtime"
 	"strconv"
 	"sync"
@@ -79,27 +80,87 @@ func TestRefusedIsRetried(t *testing.T) {
 	require.Equal(t, "back", string(got))
 }
 
-// Field report 4: at most one link per Conn at any instant, the old one gone
-// before the new one is used, the conn id on every handshake, and no
-// goroutine growth across reconnects.
+// linkTracker is an http.Transport dialer that sees, from the client's side,
+// every connection a Conn opens: how many are open at once, and whether
+// anything still reads an old one when the next is dialed. A read that
+// fails because its connection was closed returns only after exitDelay, as
+// a goroutine slow to wind down would.
+type linkTracker struct {
+	exitDelay time.Duration
+	dialer    net.Dialer
+
+	mu         sync.Mutex
+	open, most int
+	conns      []*trackedConn
+	stillRead  []int // for each dial, how many older connections were being read
+}
+
+type trackedConn struct {
+	net.Conn
+	lt      *linkTracker
+	closed  atomic.Bool
+	readers atomic.Int32
+	once    sync.Once
+}
+
+func (lt *linkTracker) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	lt.mu.Lock()
+	busy := 0
+	for _, c := range lt.conns {
+		if c.readers.Load() > 0 {
+			busy++
+		}
+	}
+	lt.stillRead = append(lt.stillRead, busy)
+	lt.mu.Unlock()
+	nc, err := lt.dialer.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &trackedConn{Conn: nc, lt: lt}
+	lt.mu.Lock()
+	lt.open++
+	lt.most = max(lt.most, lt.open)
+	lt.conns = append(lt.conns, c)
+	lt.mu.Unlock()
+	return c, nil
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	c.readers.Add(1)
+	defer c.readers.Add(-1)
+	n, err := c.Conn.Read(p)
+	if err != nil && c.closed.Load() {
+		time.Sleep(c.lt.exitDelay)
+	}
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.closed.Store(true)
+		c.lt.mu.Lock()
+		c.lt.open--
+		c.lt.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// Field report 4: at most one link per Conn at any instant, the old one
+// closed, and everything that read it returned, before the next is dialed;
+// the conn id on every handshake; no goroutine growth across reconnects.
+// The links are replaced by the heartbeat (the server stops answering
+// pings), so nothing but the Conn closes the old one.
 func TestOneLinkAtATime(t *testing.T) {
 	// Not parallel: it counts the process's goroutines.
-	var active, maxActive atomic.Int64
-	s := newTestServer(t, func(ctx context.Context, c *websocket.Conn) {
-		n := active.Add(1)
-		defer active.Add(-1)
-		for {
-			m := maxActive.Load()
-			if n <= m || maxActive.CompareAndSwap(m, n) {
-				break
-			}
-		}
-		echo(ctx, c)
-	})
-	p := proxied(t, s)
+	s := newTestServer(t, nil)
+	lt := &linkTracker{exitDelay: 300 * time.Millisecond}
+	tr := &http.Transport{DialContext: lt.dial}
+	t.Cleanup(tr.CloseIdleConnections)
 	ev := newEvents()
-	c := dial(t, "ws://"+p.Addr(), tether.WithHeartbeat(20*time.Millisecond, 200*time.Millisecond), ev.option())
-	ctx := ctxT(t, 20*time.Second)
+	c := dial(t, s.URL(), tether.WithHeartbeat(20*time.Millisecond, 100*time.Millisecond), ev.option(),
+		tether.WithDialOptions(&websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}}))
+	ctx := ctxT(t, 30*time.Second)
 
 	roundTrip := func(i int) {
 		msg := []byte(strconv.Itoa(i))
@@ -111,11 +172,20 @@ func TestOneLinkAtATime(t *testing.T) {
 	roundTrip(0)
 	base := runtime.NumGoroutine()
 	for i := 1; i <= 5; i++ {
-		p.Reset()
+		s.noPong.Store(true)
+		sc := ev.next(t, tether.Reconnecting, 10*time.Second)
+		require.ErrorIs(t, sc.Cause, tether.ErrHeartbeatTimeout)
+		s.noPong.Store(false)
 		ev.next(t, tether.Connected, 10*time.Second)
 		roundTrip(i)
 	}
-	require.Equal(t, int64(1), maxActive.Load(), "two links of one Conn were open at once")
+	lt.mu.Lock()
+	require.Equal(t, 1, lt.most, "two links of one Conn were open at once")
+	require.Len(t, lt.stillRead, 6)
+	for i, n := range lt.stillRead {
+		require.Zero(t, n, "dial %d: an old link was still being read", i+1)
+	}
+	lt.mu.Unlock()
 	// The old links' goroutines are gone: the count comes back to where it
 	// was with one link (give the server side time to wind down too). One
 	// more is allowed: since base was counted, the reader may have handed
