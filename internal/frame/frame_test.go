@@ -455,14 +455,19 @@ func TestNoAllocs(t *testing.T) {
 	require.Zero(t, allocs, "Decode data")
 }
 
-// TestAppendGrowsOnce: Append sizes dst in one step.
+// TestAppendGrowsOnce: Append sizes dst in one step. Under the race detector,
+// which CI runs, slices.Grow's append(s, make(...)...) is not fused into one
+// allocation, so one step costs two; growing as it goes would cost more
+// either way.
 func TestAppendGrowsOnce(t *testing.T) {
-	if raceEnabled {
-		t.Skip("the race detector turns off the append(s, make(...)...) optimisation slices.Grow relies on")
-	}
 	f := Frame{Kind: Data, Seq: 1 << 40, Ack: 1 << 40, Payload: make([]byte, 5000)}
+	want := 1.0
+	if raceEnabled {
+		want = 2
+	}
 	allocs := testing.AllocsPerRun(100, func() { Append(nil, &f) })
-	require.Equal(t, 1.0, allocs)
+	require.Equal(t, want, allocs)
+	require.Len(t, Append(nil, &f), size(&f))
 }
 
 func BenchmarkAppendDecode(b *testing.B) {
