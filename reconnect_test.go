@@ -346,26 +346,6 @@ func TestBlockedWriteResumesOnReconnect(t *testing.T) {
 	require.Equal(t, []string{"first", "later"}, rec.waitFor(t, 2, 10*time.Second))
 }
 
-// Queued messages older than the max age are dropped, not sent.
-func TestQueueMaxAge(t *testing.T) {
-	t.Parallel()
-	rec := newRecorder()
-	s := newTestServer(t, rec.handle)
-	p := proxied(t, s)
-	ev := newEvents()
-	c := dial(t, "ws://"+p.Addr(), ev.option(), tether.WithQueueMaxAge(50*time.Millisecond))
-	outage(t, p, ev)
-	ctx := ctxT(t, 10*time.Second)
-	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("stale")))
-	eventually(t, 5*time.Second, func() bool { return c.Stats().QueueDepth == 1 }, "queued")
-	time.Sleep(60 * time.Millisecond) // let the message age past the limit
-	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("fresh")))
-	require.NoError(t, p.Refuse(false))
-	ev.next(t, tether.Connected, 10*time.Second)
-	require.Equal(t, []string{"fresh"}, rec.waitFor(t, 1, 10*time.Second))
-	require.Equal(t, uint64(1), c.Stats().QueueDropped)
-}
-
 // A caller's short ctx bounds the call, never the link: no reconnect storm.
 func TestCallerContextDoesNotKillLink(t *testing.T) {
 	t.Parallel()

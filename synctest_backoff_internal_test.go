@@ -2,7 +2,9 @@ package tether
 
 import (
 	"context"
+	"net"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -166,5 +168,55 @@ func TestSynctestFirstReconnectWaits(t *testing.T) {
 		gaps := gapsAfterLoss(&states, s.times())
 		require.Len(t, gaps, 1)
 		require.Equal(t, 3*time.Second, gaps[0], "the first reconnect waited one step")
+	})
+}
+
+// Queued messages older than WithQueueMaxAge are dropped, not sent, and the
+// others go out: in fake time, with a minute between them.
+func TestSynctestQueueMaxAge(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		var down atomic.Bool
+		var links atomic.Int64
+		got := make(chan string, 8)
+		s := &pipeServer{
+			handle: func(ctx context.Context, ws *websocket.Conn) {
+				if links.Add(1) == 1 {
+					down.Store(true)
+					_ = ws.Close(websocket.StatusGoingAway, "restarting")
+					return
+				}
+				for {
+					_, p, err := ws.Read(ctx)
+					if err != nil {
+						return
+					}
+					got <- string(p)
+				}
+			},
+			fail: func(int) error {
+				if down.Load() {
+					return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+				}
+				return nil
+			},
+		}
+		var states stateLog
+		c := dialPipe(t, s, WithStateHook(states.hook), WithQueueMaxAge(time.Minute),
+			WithBackoff(constBackoffFactory(time.Second)))
+		synctest.Wait()
+		require.Equal(t, Reconnecting, c.State())
+		ctx := context.Background()
+		require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("stale")))
+		time.Sleep(2 * time.Minute)
+		require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("fresh")))
+		require.Equal(t, 1, c.Stats().QueueDepth, "the stale one was dropped")
+		down.Store(false)
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		require.Equal(t, Connected, c.State())
+		require.Equal(t, "fresh", <-got)
+		require.Empty(t, got)
+		require.Equal(t, uint64(1), c.Stats().QueueDropped)
 	})
 }
