@@ -31,9 +31,14 @@ const pollTimeout = 40 * time.Second
 const pollRetries = 3
 
 // WithFallback lets the Conn move its session onto HTTP long polling when
-// WebSocket handshakes keep failing in a way that says the path blocks
-// WebSocket (a non-101 answer other than 401, 403 or 404; a handshake that
-// hangs), and probe WebSocket in the background to move back when it works.
+// the path blocks WebSocket, and probe WebSocket in the background to move
+// back when it works. The move is made at once on a 426 (a proxy that
+// refuses upgrades, or a Handler that saw a request whose Upgrade a proxy
+// stripped) and on a 401, 403 or 404 without the Tether-Protocol mark a
+// Handler puts on its own answers (a proxy's refusal); a refusal of polling
+// too is permanent. It is made after 3 attempts in a row that fail in a way
+// that may say so: another non-101 answer, a handshake that hangs, a
+// WebSocket that never greets the session.
 // pollURL is the Handler's URL with an http or https scheme; "" derives it
 // from the dial URL (ws to http, wss to https). Fallback needs a server that
 // speaks session mode (a tether Handler). By default there is no fallback.

@@ -116,9 +116,14 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 }
 
 // WithBackoff sets the delay policy between connection attempts, for the first
-// connect and for every reconnect. newBackOff is called once per outage,
-// because backoff.BackOff values are stateful and not safe for concurrent use.
-// A BackOff that returns backoff.Stop ends the Conn with a GiveUpError.
+// connect and for every reconnect. newBackOff is called once, by Dial; the
+// BackOff it returns (stateful, and not safe for concurrent use) is used by
+// the Conn's supervisor alone. It is Reset after a link that stayed up for
+// 10 s, and only then: a server that accepts links and drops them at once
+// sees the delays grow, as if the outage went on. After a lost link the first
+// attempt waits one delay too. A close with 1013 (Try Again Later) makes the
+// next attempt wait 5 to 10 s at least, as a Retry-After header does. A
+// BackOff that returns backoff.Stop ends the Conn with a GiveUpError.
 //
 // The default is exponential with full jitter: the n-th delay is uniform in
 // [0, min(2s·2ⁿ⁻¹, 30s)), retrying forever (no elapsed-time limit).
@@ -179,14 +184,22 @@ func WithHandshakeTimeout(d time.Duration) Option {
 
 // WithDialOptions passes opts to websocket.Dial for every attempt. tether
 // copies them before adding its own headers; OnPongReceived and
-// OnPingReceived are kept as they are.
+// OnPingReceived are kept as they are. An HTTPClient of your own is copied
+// too, with a redirect policy that refuses redirects to another host or from
+// https to http before yours is asked; it must set its Transport's Proxy to
+// go through a proxy (http.ProxyFromEnvironment honours HTTP_PROXY). With
+// it, tether cannot watch the socket: a Read or Write whose ctx can end goes
+// through a goroutine of its own.
 func WithDialOptions(opts *websocket.DialOptions) Option {
 	return func(o *options) { o.dialOpts = opts }
 }
 
 // WithDialFunc replaces websocket.Dial, to wrap an existing dial. dial gets the
 // attempt's ctx (bounded by the handshake timeout) and the URL. WithDialOptions
-// and WithHeader do not apply to a custom dial: it sets its own headers.
+// and WithHeader do not apply to a custom dial: it sets its own headers, and
+// its own redirect policy (tether's refusal of redirects to another host or
+// to cleartext cannot apply). Session mode and WithFallback are not available
+// with it, and a Write whose ctx can end is made on a goroutine of its own.
 func WithDialFunc(dial func(ctx context.Context, url string) (*websocket.Conn, *http.Response, error)) Option {
 	return func(o *options) {
 		if dial == nil {
@@ -198,8 +211,11 @@ func WithDialFunc(dial func(ctx context.Context, url string) (*websocket.Conn, *
 }
 
 // WithHeader calls fn before every attempt and adds the headers it returns to
-// the handshake request, for credentials that expire. An error from fn counts
-// as a failed attempt.
+// the handshake request, for credentials that expire; on long polling, to
+// every request, each with a fresh call, so that middleware in front of the
+// Handler can check each one. An error from fn counts as a failed attempt.
+// The headers never follow a redirect to another host or to cleartext:
+// tether refuses those (ErrRedirect).
 func WithHeader(fn func(ctx context.Context) (http.Header, error)) Option {
 	return func(o *options) { o.header = fn }
 }
@@ -279,8 +295,11 @@ func WithSessionMode(enabled bool) Option {
 }
 
 // WithReadLimit sets the largest message Read accepts, as
-// websocket.Conn.SetReadLimit does, for every link. The default is 32 KiB; -1
-// disables the limit.
+// websocket.Conn.SetReadLimit does, for every link, long polling included.
+// The default is 32 KiB; -1 disables the limit. A larger message ends its
+// link; Read returns an error wrapping websocket.ErrMessageTooBig once, and
+// the Conn reconnects with backoff (in session mode the server sends the
+// message again on the next link).
 func WithReadLimit(n int64) Option {
 	return func(o *options) {
 		if n < -1 {
