@@ -19,11 +19,19 @@
 // but never kills a link for a slow pong.
 //
 // A link that fails (read or write error, heartbeat timeout, a retryable close
-// code) is replaced by a new dial after a backoff delay (see [WithBackoff]).
-// Handshakes answered 401, 403, 404 or 400 (400 only without [WithFallback]),
-// and policy or protocol close codes, are permanent: the Conn closes and Read
+// code) is replaced by a new dial after a backoff delay (see [WithBackoff]);
+// the delays grow while links keep failing soon after they come up. Handshakes
+// answered 401, 403, 404 or 400 (see [WithFallback] for proxies), and policy,
+// protocol and 4000-4999 close codes, are permanent: the Conn closes and Read
 // returns the cause. [WithOnConnect] runs after every connect, before anything
 // queued goes out.
+//
+// The ctx of Read, Write and Ping bounds the call, never the link: a Read
+// returns when its ctx ends unless a message is half received, a Write unless
+// its message is going out (then it returns an error wrapping [ErrInFlight]:
+// the message may still be delivered). Control frames keep flowing while the
+// application does not read, up to 1 MiB or 1024 unread messages; an
+// application that never reads calls [Conn.CloseRead].
 //
 // # Session mode
 //
@@ -48,11 +56,13 @@
 //
 // # Fallback
 //
-// With [WithFallback], after 3 handshakes in a row that say the path blocks
-// WebSocket (a non-101 answer other than 401, 403 or 404, a handshake that
-// hangs, a WebSocket that never greets the session), the Conn moves its
-// session onto HTTP long polling (by default at the dial URL with an http or
-// https scheme). A refused connection is not
+// With [WithFallback], the Conn moves its session onto HTTP long polling (by
+// default at the dial URL with an http or https scheme) when the path blocks
+// WebSocket: at once on a 426, or on a 401, 403 or 404 without the
+// Tether-Protocol mark a [Handler] puts on its own answers (a proxy's
+// refusal; if polling is refused too, it is permanent); after 3 attempts in a
+// row on other signs (another non-101 answer, a handshake that hangs, a
+// WebSocket that never greets the session). A refused connection is not
 // such a sign: it says the server is down. While on polling the Conn probes
 // WebSocket with backoff (the first probe within 3 s, growing to a minute; see
 // [WithProbeBackoff]), and when a probe gets through it moves the session
@@ -69,9 +79,10 @@
 // that fails on a dying link is queued and sent again, so in rare cases the
 // server sees it twice. But plain mode has no acknowledgements: a message that
 // was written to the socket just before the link died, and that the network
-// then lost, is gone, and so is anything the server sent that never reached
-// the client. Use session mode, or application-level acknowledgements, if that
-// matters.
+// then lost, is gone, and so is anything the server sent that tether had not
+// read from the socket when the link died (in the network, or waiting behind
+// a full read-ahead). What tether had read is still delivered. Use session
+// mode, or application-level acknowledgements, if that matters.
 //
 // # Concurrency
 //
