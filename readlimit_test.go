@@ -55,7 +55,9 @@ func TestReadLimitSession(t *testing.T) {
 				}
 				<-ctx.Done()
 			})
-			opts := []tether.Option{tether.WithReadLimit(1024)}
+			// No reconnect after the drop: the server would send the message
+			// again on the next link.
+			opts := []tether.Option{tether.WithReadLimit(1024), tether.WithBackoff(constBackoff(time.Hour))}
 			if polling {
 				ss.setBlock(true)
 				opts = append(opts, tether.WithFallback(""))
