@@ -110,9 +110,12 @@ const (
 )
 
 // Read reads the next data message. It rides through reconnects and returns
-// an error only when the Conn is closed for good, or when ctx ends. Ending ctx
-// never harms the link, and a message that arrives after ctx ended is kept
-// for the next Read.
+// an error only when the Conn is closed for good, or when ctx ends, or once to
+// report what the application must know: a session lost (ErrSessionLost), a
+// message over the read limit dropped (websocket.ErrMessageTooBig). Ending
+// ctx never harms the link. A Read whose ctx has ended returns at once, even
+// when messages are waiting, and a message that arrives after ctx ended is
+// kept for the next Read. After CloseRead, Read fails.
 //
 // Read reads the link on the caller's goroutine. When ctx ends while a
 // message is half received, Read returns once that message is complete; it
