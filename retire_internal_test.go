@@ -67,6 +67,11 @@ func TestRetireWaitsForLinkGoroutines(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		returned.Store(true)
 	}()
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(conns) == 1
+	}, 5*time.Second, time.Millisecond, "the server has the link")
 	mu.Lock()
 	_ = conns[0].CloseNow()
 	mu.Unlock()

@@ -53,6 +53,10 @@ func (s *testServer) URL() string { return "ws" + s.srv.URL[len("http"):] }
 func (s *testServer) Addr() string { return s.srv.Listener.Addr().String() }
 
 func (s *testServer) serve(w http.ResponseWriter, r *http.Request) {
+	// Counted before the hijack, while httptest.Server.Close still waits for
+	// this request, so that Close's Wait comes after every Add.
+	s.wg.Add(1)
+	defer s.wg.Done()
 	if st := s.status.Load(); st != 0 {
 		if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")
@@ -70,9 +74,7 @@ func (s *testServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.conns = append(s.conns, c)
 	s.headers = append(s.headers, r.Header.Clone())
-	s.wg.Add(1)
 	s.mu.Unlock()
-	defer s.wg.Done()
 	defer c.CloseNow()
 	ctx := r.Context()
 	if s.handle != nil {
