@@ -84,20 +84,22 @@ type leanServer struct {
 func newLeanServer(t *testing.T) *leanServer {
 	ls := &leanServer{conns: map[*websocket.Conn]struct{}{}}
 	ls.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Counted before the hijack, while httptest.Server.Close still
+		// waits for this request.
+		ls.wg.Add(1)
+		defer ls.wg.Done()
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
 		}
 		ls.mu.Lock()
 		ls.conns[c] = struct{}{}
-		ls.wg.Add(1)
 		ls.mu.Unlock()
 		defer func() {
 			ls.mu.Lock()
 			delete(ls.conns, c)
 			ls.mu.Unlock()
 			_ = c.CloseNow()
-			ls.wg.Done()
 		}()
 		echo(r.Context(), c)
 	}))
@@ -162,7 +164,7 @@ func TestCycles(t *testing.T) {
 			next(tether.Connected)
 			roundTrip(i)
 		}
-		roundTrip(-1) // the server has the link
+		roundTrip(-1)      // the server has the link
 		for i := range 3 { // warm up: pools, the test server's buffers
 			cycle(i)
 		}
