@@ -537,6 +537,11 @@ func (r *reader) stalled() bool {
 func (r *reader) setLink(l *liveLink) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.final != nil {
+		// Ended (a session closed while its link's handshake went on): the
+		// late link is not read, and whoever attached it closes it.
+		return
+	}
 	r.link = l
 	close(r.up)
 	if !r.inRead && (len(r.pending) == 0 || r.readsAhead(l)) {

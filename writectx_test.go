@@ -147,12 +147,19 @@ func boundedWrite(t *testing.T, c *tether.Conn, d time.Duration, p []byte) error
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	res := make(chan error, 1)
+	start := time.Now()
 	go func() { res <- c.Write(ctx, websocket.MessageBinary, p) }()
 	select {
 	case err := <-res:
 		return err
 	case <-time.After(d + time.Second):
-		t.Fatalf("Write outlived its ctx of %v by more than a second", d)
-		return nil
 	}
+	// Too late: say by how much, if it returns at all.
+	select {
+	case err := <-res:
+		t.Fatalf("Write outlived its ctx of %v: it took %v (%v)", d, time.Since(start), err)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Write outlived its ctx of %v by more than 10 s", d)
+	}
+	return nil
 }
