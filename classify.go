@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/coder/websocket"
@@ -120,6 +121,7 @@ const (
 	closeForbidden    websocket.StatusCode = 3003
 )
 
+// closeName is the registered name of a close code, or "".
 func closeName(code websocket.StatusCode) string {
 	switch code {
 	case closeUnauthorized:
@@ -127,9 +129,9 @@ func closeName(code websocket.StatusCode) string {
 	case closeForbidden:
 		return "Forbidden"
 	}
-	s := code.String()
-	if len(s) > len("Status") && s[:len("Status")] == "Status" {
-		return s[len("Status"):]
+	s, ok := strings.CutPrefix(code.String(), "Status")
+	if !ok || strings.HasPrefix(s, "Code(") {
+		return ""
 	}
 	return s
 }
@@ -154,7 +156,10 @@ func (e *lostError) Error() string {
 	case e.abrupt:
 		return fmt.Sprintf("tether: %v link lost: abnormal closure (1006): %s", e.transport, readable(e.err))
 	case errors.As(e.err, &ce):
-		s := fmt.Sprintf("tether: %v link closed by the server with %d (%s)", e.transport, int(ce.Code), closeName(ce.Code))
+		s := fmt.Sprintf("tether: %v link closed by the server with %d", e.transport, int(ce.Code))
+		if name := closeName(ce.Code); name != "" {
+			s += " (" + name + ")"
+		}
 		if ce.Reason != "" {
 			s += ": " + strconv.Quote(ce.Reason)
 		}

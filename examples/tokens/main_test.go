@@ -24,7 +24,7 @@ func TestRun(t *testing.T) {
 		"tether: connected (attempt 1)",
 		`echo "hello 1"`,
 		"server: token expired, closing the link with 4001",
-		`tether: reconnecting (`, `StatusCode(4001) and reason = "token expired")`,
+		`tether: reconnecting (`, `closed by the server with 4001: "token expired")`,
 		"client: token 2 issued",
 		`echo "written while renewing 1"`,
 		`echo "hello 2"`,
