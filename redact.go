@@ -12,9 +12,9 @@ import (
 // Credentials ride in URLs more often than they should: a token in the query
 // string, a user and password before the host. tether never puts them in a
 // log record or an error string: every URL there has its userinfo and query
-// values replaced by "xxxxx".
+// values replaced by "REDACTED", as the tether command shows them.
 
-const redactedMark = "xxxxx"
+const redactedMark = "REDACTED"
 
 // redactURL returns raw with its userinfo and query values hidden, and
 // without its fragment; raw itself when it has none of them.
