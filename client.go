@@ -262,9 +262,10 @@ func (c *Conn) Ping(ctx context.Context) error {
 // call's ctx.
 //
 // Without CloseRead, an application that never calls Read still gets its
-// control frames handled while fewer than 1 MiB or 1024 messages wait
-// unread; beyond that, the server is pushed back through TCP and the frames
-// it sends after them wait until Read is called.
+// control frames handled while fewer than 1 MiB or 1024 messages wait unread
+// (in session mode, up to the session's window); beyond that, the server is
+// pushed back through TCP, the frames it sends after them wait until Read is
+// called, and the heartbeat does not judge the link meanwhile.
 func (c *Conn) CloseRead(ctx context.Context) context.Context {
 	c.mu.Lock()
 	if c.closeReadCtx != nil {
