@@ -355,15 +355,25 @@ func (r *reader) stalled() bool {
 	return len(r.pending) > 0 && !r.bg && !r.direct
 }
 
-// setLink makes l the link to read and makes sure someone reads it.
-func (r *reader) setLink(l *liveLink) {
+// setLink makes l the link to read and makes sure someone reads it. It
+// reports false, and leaves l alone, when the reader has ended: a session
+// can end while its new link is being attached.
+func (r *reader) setLink(l *liveLink) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.final != nil {
+		return false
+	}
 	r.link = l
-	close(r.up)
+	select {
+	case <-r.up:
+	default:
+		close(r.up)
+	}
 	if !r.inRead && (len(r.pending) == 0 || r.readsAhead(l)) {
 		r.startBackground(l)
 	}
+	return true
 }
 
 // clearLink stops Reads from using l.

@@ -551,7 +551,9 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	s.linkMu.Unlock()
 	s.seq.mu.Unlock()
 	s.recvMu.Unlock()
-	s.rd.setLink(l)
+	if !s.rd.setLink(l) {
+		return l, done, nil // the session ended meanwhile: watchWS cleans up
+	}
 
 	if len(replay) > 0 {
 		ctx, cancel := untilDead(s.ctx, l)
@@ -571,12 +573,15 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 func (s *Session) watchWS(l *liveLink, done chan struct{}) {
 	defer s.h.wg.Done()
 	defer close(done)
+	var err error
 	select {
 	case <-l.dead:
+		err = l.err
 	case <-s.ctx.Done():
+		// The session ended; l.err is not to be read unless l failed.
 	}
 	s.rd.clearLink(l)
-	s.linkLost(l, l.err)
+	s.linkLost(l, err)
 	_ = l.CloseNow()
 	l.cancel()
 	l.wg.Wait()
