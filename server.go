@@ -354,6 +354,8 @@ type Session struct {
 	ackArmed  bool
 	ended     bool
 	endErr    error
+	endCode   websocket.StatusCode // what the client is told, once ended
+	endReason string
 }
 
 func newSession(h *Handler) *Session {
@@ -783,6 +785,7 @@ func (s *Session) end(code websocket.StatusCode, reason string, err error) {
 		return
 	}
 	s.ended, s.endErr = true, err
+	s.endCode, s.endReason = code, reason
 	l, poll := s.ws, s.poll
 	s.ws, s.wsDone, s.poll = nil, nil, nil
 	s.ttl.Stop()

@@ -143,7 +143,9 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		ts, ok := h.tombstones[id]
 		h.mu.Unlock()
-		if ok && ts.secret == secret && op == pollGet {
+		if ok && ts.secret == secret {
+			// A poll or a send that meets the end of its session is told
+			// how it ended, whichever comes first.
 			writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(ts.code), Reason: ts.reason}})
 			return
 		}
@@ -152,7 +154,13 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request) {
 	}
 	s.linkMu.Lock()
 	p := s.poll
+	ended, code, reason := s.ended, s.endCode, s.endReason
 	s.linkMu.Unlock()
+	if ended {
+		// Ending, and not yet forgotten: the same answer as its tombstone.
+		writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason)}})
+		return
+	}
 	if p == nil {
 		http.Error(w, "tether: session is not on polling", http.StatusConflict)
 		return

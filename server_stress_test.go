@@ -73,3 +73,64 @@ func TestSessionEndsDuringHandshake(t *testing.T) {
 	handlerCloseWithin(t, h, 10*time.Second)
 	require.NotContains(t, errLog.String(), "panic")
 }
+
+// Handler.Close while polling clients keep sending and polling: every client
+// is told 1001, whichever of its requests meets the end (never a 404 or 409
+// from a request that raced it).
+func TestHandlerCloseEndsBusyPollingSessions(t *testing.T) {
+	t.Parallel()
+	const clients = 8
+	h := tether.NewHandler(sessionEcho)
+	ss := newClosableServer(t, h)
+	ss.setBlock(true)
+	type client struct {
+		c  *tether.Conn
+		ev *events
+	}
+	var cs []client
+	ctx := ctxT(t, 30*time.Second)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	t.Cleanup(func() {
+		close(stop)
+		for _, x := range cs {
+			_ = x.c.CloseNow()
+		}
+		wg.Wait()
+	})
+	for range clients {
+		ev := newEvents()
+		c := dial(t, ss.URL(), tether.WithFallback(""), ev.option())
+		require.Equal(t, tether.Polling, c.Transport())
+		cs = append(cs, client{c, ev})
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				_ = c.Write(wctx, websocket.MessageText, []byte("x"))
+				cancel()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for {
+				if _, _, err := c.Read(ctx); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	eventually(t, 10*time.Second, func() bool { return h.Sessions() == clients }, "every client has a session")
+	time.Sleep(50 * time.Millisecond) // traffic flowing both ways
+	handlerCloseWithin(t, h, 10*time.Second)
+	for i, x := range cs {
+		sc := x.ev.next(t, tether.Reconnecting, 5*time.Second)
+		require.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(sc.Cause), "client %d: %v", i, sc.Cause)
+	}
+}
