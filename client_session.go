@@ -25,6 +25,7 @@ type clientSession struct {
 	seq    *seqState
 	id     [16]byte
 	secret [16]byte
+	ahead  window // what a link reads ahead: the server's window (helloWindow)
 
 	ackMu    sync.Mutex
 	ackArmed bool
@@ -280,15 +281,6 @@ func (c *Conn) dropSession() {
 	}
 }
 
-// readAhead is how much of the server's messages a session link reads
-// ahead of the application: what the largest replay buffer a Handler can
-// have lets it send unacknowledged, and one message beyond.
-func (c *Conn) readAhead() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return maxReplayBytes + int(c.readLimit)
-}
-
 // resumeHeaders adds what a server needs to resume the Conn's session.
 func (c *Conn) resumeHeaders(h http.Header) {
 	c.mu.Lock()
@@ -330,10 +322,16 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 			}
 			s.ackMu.Unlock()
 		}
-		s = &clientSession{seq: newSeqState(DefaultReplayBytes), id: hello.Session, secret: hello.Secret}
+		s = &clientSession{seq: newSeqState(window{}), id: hello.Session, secret: hello.Secret}
 		c.sess = s
 	}
 	c.mu.Unlock()
+	// Every Hello says the session's window: keep to it.
+	replay, ahead := helloWindow(&hello)
+	s.seq.mu.Lock()
+	s.seq.setWindow(replay)
+	s.seq.mu.Unlock()
+	s.ahead = ahead
 
 	// What the server has not acknowledged is replayed once the link is
 	// read (see replay).

@@ -28,7 +28,7 @@ type liveLink struct {
 	transport Transport
 	session   bool      // link is a *sessionLink
 	seq       *seqState // the session whose messages the link carries, if any
-	readAhead int       // bytes the reader may keep unread (see readsAhead)
+	readAhead window    // what the reader may hold unread (see readsAhead)
 
 	// ctx ends when the link is retired; pings derive from it.
 	ctx    context.Context

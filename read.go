@@ -34,9 +34,8 @@ type reader struct {
 	up           chan struct{} // closed when link is set, renewed when it is cleared
 	final        error         // set when the Conn has ended
 	pending      []message     // messages read while nobody was waiting, oldest first
-	pendingBytes int           // bytes of the messages in pending
+	pendingBytes int           // the cost of the messages in pending (see msgCost)
 	more         chan struct{} // closed when deliver adds to pending; renewed
-	room         chan struct{} // closed when a Read takes from pending; renewed
 	lost         error         // a lost session, reported once by Read
 
 	// onTake, if set, is called on the Read's goroutine for every message of
@@ -130,13 +129,9 @@ func (r *reader) readLocked(ctx context.Context) message {
 			m := r.pending[0]
 			r.pending[0] = message{}
 			r.pending = r.pending[1:]
-			r.pendingBytes -= len(m.p)
+			r.pendingBytes -= msgCost(m.p)
 			if len(r.pending) == 0 {
 				r.pending = nil
-			}
-			if r.room != nil {
-				close(r.room)
-				r.room = nil
 			}
 			return r.leave(m)
 		}
@@ -327,7 +322,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 		// reading until a Read takes it, so a slow application pushes back
 		// on the sender. A session link is read on (see readsAhead).
 		r.pending = append(r.pending, m)
-		r.pendingBytes += len(m.p)
+		r.pendingBytes += msgCost(m.p)
 		if r.readsAhead(l) {
 			r.mu.Unlock()
 			continue
@@ -340,11 +335,13 @@ func (r *reader) backgroundRead(l *liveLink) {
 
 // readsAhead reports whether l is read on while messages wait for the
 // application; r.mu is held. A session link is, up to its bound: acks, and
-// a peer's Write that waits for them, must not wait for the application,
-// and the peer's replay buffer bounds what an honest peer sends unread. A
-// peer that sends more is pushed back like a plain one.
+// a peer's Write that waits for them, must not wait for the application.
+// The bound is the peer's window, counted as the peer counts it: an honest
+// peer never has more than that unacknowledged, so it never finds the link
+// unread and its pings are always answered. A peer that sends more is
+// pushed back, holding at most one message beyond the window.
 func (r *reader) readsAhead(l *liveLink) bool {
-	return r.pendingBytes < l.readAhead
+	return withinWindow(len(r.pending), r.pendingBytes, l.readAhead)
 }
 
 // stalled reports whether the link is unread because the application has not
@@ -413,29 +410,35 @@ func (r *reader) moreChan() chan struct{} {
 }
 
 // deliver adds a message that arrived some other way (a long-polling
-// request) behind those already pending. It waits while max are pending,
-// until a Read takes one or done is closed, and reports whether it added m.
-func (r *reader) deliver(m message, max int, done <-chan struct{}) bool {
+// request) behind those already pending, as a link's reader would have read
+// it: only while what is pending is within w (see readsAhead). It reports
+// whether it added m; it never waits.
+func (r *reader) deliver(m message, w window) bool {
 	r.mu.Lock()
-	for len(r.pending) >= max {
-		if r.room == nil {
-			r.room = make(chan struct{})
-		}
-		room := r.room
-		r.mu.Unlock()
-		select {
-		case <-room:
-		case <-done:
-			return false
-		}
-		r.mu.Lock()
-	}
 	defer r.mu.Unlock()
+	if !withinWindow(len(r.pending), r.pendingBytes, w) {
+		return false
+	}
 	r.pending = append(r.pending, m)
-	r.pendingBytes += len(m.p)
+	r.pendingBytes += msgCost(m.p)
 	if r.more != nil {
 		close(r.more)
 		r.more = nil
+	}
+	return true
+}
+
+// roomFor reports whether deliver would take messages of the given costs,
+// one after another, while what is pending now stays pending.
+func (r *reader) roomFor(costs []int, w window) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, bytes := len(r.pending), r.pendingBytes
+	for _, c := range costs {
+		if !withinWindow(n, bytes, w) {
+			return false
+		}
+		n, bytes = n+1, bytes+c
 	}
 	return true
 }

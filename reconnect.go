@@ -329,7 +329,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	}
 	l := newLiveLink(c.ctx, sl, WebSocket)
 	l.watch = d.watch
-	l.readAhead = c.readAhead()
+	l.readAhead = sl.s.ahead
 	sl.live = l
 	return l, nil
 }
@@ -355,7 +355,7 @@ func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
 		seq.acked(ack)
 	})
 	l := newLiveLink(c.ctx, sl, Polling)
-	l.readAhead = c.readAhead()
+	l.readAhead = sl.s.ahead
 	sl.live = l
 	return l, nil
 }

@@ -18,7 +18,6 @@ type handlerOptions struct {
 	maxBody     int64
 	maxBatch    int
 	pollWait    time.Duration
-	inbox       int
 	readLimit   int64
 	logger      *slog.Logger
 }
@@ -41,7 +40,6 @@ func defaultHandlerOptions() handlerOptions {
 		maxBody:     DefaultMaxBody,
 		maxBatch:    DefaultMaxBatch,
 		pollWait:    DefaultPollWait,
-		inbox:       64,
 		readLimit:   32768,
 		logger:      discardLogger,
 	}

@@ -197,7 +197,7 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request) {
 	if status == frame.StatusResumed {
 		s.seq.acked(resume.ack)
 	}
-	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
+	hello := s.hello(status)
 	s.linkMu.Lock()
 	ended := s.ended
 	if !ended {
@@ -299,6 +299,9 @@ func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p
 		}
 		if err := s.receivePolled(&fs[i], p); err != nil {
 			status := http.StatusBadRequest
+			if errors.Is(err, errBeyondWindow) {
+				status = http.StatusRequestEntityTooLarge
+			}
 			if errors.Is(err, errMoved) {
 				p.mu.Lock()
 				closed, code, reason := p.closed, p.code, p.reason
@@ -377,6 +380,11 @@ func (s *Session) receivePolled(f *frame.Frame, p *pollLink) error {
 	if err != nil || !deliver {
 		return err
 	}
-	s.rd.deliver(m, s.h.opts.inbox, s.ctx.Done())
+	m.p = payloadCopy(m.p, false) // not the request body's: that is let go
+	if !s.rd.deliver(m, s.win) {
+		return errBeyondWindow
+	}
 	return nil
 }
+
+var errBeyondWindow = errors.New("more than the session's window unacknowledged")

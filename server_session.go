@@ -28,6 +28,7 @@ type Session struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
+	win    window     // the session's window, both ways (see window)
 	seq    *seqState  // numbering, replay, and the order of transmissions
 	wbuf   []byte     // frame encoding buffer, used under seq.wmu
 	recvMu sync.Mutex // one receiver at a time, even while links change
@@ -51,7 +52,8 @@ type Session struct {
 }
 
 func newSession(h *Handler) *Session {
-	s := &Session{h: h, seq: newSeqState(h.opts.replayBytes), rd: newReader()}
+	s := &Session{h: h, win: window{h.opts.replayBytes, defaultWindowMsgs}, rd: newReader()}
+	s.seq = newSeqState(s.win)
 	s.rd.onTake = s.took
 	_, _ = rand.Read(s.id[:])
 	_, _ = rand.Read(s.secret[:])
@@ -61,6 +63,13 @@ func newSession(h *Handler) *Session {
 	s.ackTimer = time.AfterFunc(time.Hour, s.sendDelayedAck)
 	s.ackTimer.Stop()
 	return s
+}
+
+// hello returns the Hello that greets the client on a new link; s.seq.mu is
+// held.
+func (s *Session) hello(status frame.Status) frame.Frame {
+	return frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken,
+		WindowBytes: uint64(s.win.bytes), WindowMessages: uint64(s.win.msgs)}
 }
 
 // ID returns the session id (32 hex digits; "plain-" and 16 hex digits for a

@@ -133,7 +133,7 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 		s.recvMu.Unlock()
 		return nil, nil, s.endError()
 	}
-	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
+	hello := s.hello(status)
 	if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &hello)); err != nil {
 		s.seq.mu.Unlock()
 		s.recvMu.Unlock()
@@ -147,9 +147,8 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	}
 	l := newLiveLink(context.Background(), &serverWS{s: s, ws: c}, WebSocket)
 	l.watch = w
-	// What an honest client can have sent unacknowledged: its replay
-	// buffer, and one message beyond.
-	l.readAhead = DefaultReplayBytes + int(s.h.opts.readLimit)
+	// What an honest client can have sent unacknowledged.
+	l.readAhead = s.win
 	done := make(chan struct{})
 	s.linkMu.Lock()
 	s.ws, s.wsDone, s.transport = l, done, WebSocket
