@@ -34,22 +34,35 @@ type Handler struct {
 	opts  handlerOptions
 	log   *slog.Logger
 
-	mu         sync.Mutex
-	sessions   map[[16]byte]*Session
-	tombstones map[[16]byte]tombstone
-	closed     bool
-	wg         sync.WaitGroup // serve goroutines and WebSocket readers
+	mu       sync.Mutex
+	sessions map[[16]byte]*Session // both modes
+	tombs    tombstones
+	clients  map[string]int // sessions per client (WithSessionsPerClient)
+	reserved int64          // what the sessions' buffers may hold (WithBufferBudget)
+	closed   bool
+	wg       sync.WaitGroup // serve goroutines and WebSocket readers
+
+	refusals logLimiter
 }
 
 // NewHandler returns a Handler that calls serve, on a goroutine of its own,
 // for every new session. The session ends when serve returns; serve's ctx
-// ends when the session does.
+// ends when the session does, and carries the values of the request that
+// opened the session (what authentication middleware put there, say), not
+// its deadline or cancellation.
 func NewHandler(serve func(ctx context.Context, s *Session), opts ...HandlerOption) *Handler {
 	o := defaultHandlerOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &Handler{serve: serve, opts: o, log: o.logger, sessions: make(map[[16]byte]*Session), tombstones: make(map[[16]byte]tombstone)}
+	return &Handler{
+		serve:    serve,
+		opts:     o,
+		log:      o.logger,
+		sessions: make(map[[16]byte]*Session),
+		tombs:    newTombstones(),
+		clients:  make(map[string]int),
+	}
 }
 
 // ServeHTTP serves a WebSocket handshake or a long-polling request.
@@ -61,8 +74,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.servePoll(w, r)
 }
 
-// Close ends every session, closes their links, and waits for the serve
-// functions and the Handler's goroutines to return.
+// Close ends every session, in both modes, closes their links with 1001,
+// and waits for the serve functions and the Handler's goroutines to return.
+// New clients are refused from then on.
 func (h *Handler) Close() error {
 	h.mu.Lock()
 	if h.closed {
@@ -70,19 +84,28 @@ func (h *Handler) Close() error {
 		return fmt.Errorf("tether: handler: %w", net.ErrClosed)
 	}
 	h.closed = true
+	h.mu.Unlock()
+	h.endSessions(websocket.StatusGoingAway, "server shutting down", fmt.Errorf("tether: handler closed: %w", net.ErrClosed))
+	h.wg.Wait()
+	return nil
+}
+
+// endSessions ends every session the Handler holds, plain ones included,
+// telling each client code and reason; serve's Read and Write fail with
+// err. It does not wait for the serve functions.
+func (h *Handler) endSessions(code websocket.StatusCode, reason string, err error) {
+	h.mu.Lock()
 	all := make([]*Session, 0, len(h.sessions))
 	for _, s := range h.sessions {
 		all = append(all, s)
 	}
 	h.mu.Unlock()
 	for _, s := range all {
-		s.end(websocket.StatusGoingAway, "server shutting down", fmt.Errorf("tether: handler closed: %w", net.ErrClosed))
+		s.end(code, reason, err)
 	}
-	h.wg.Wait()
-	return nil
 }
 
-// Sessions returns the number of sessions the Handler holds.
+// Sessions returns the number of sessions the Handler holds, in both modes.
 func (h *Handler) Sessions() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -102,28 +125,6 @@ func headerHasToken(h http.Header, key, token string) bool {
 		}
 	}
 	return false
-}
-
-// servePlain serves a client that did not ask for session mode: the Session
-// is the WebSocket connection itself, and ends with it.
-func (h *Handler) servePlain(r *http.Request, c *websocket.Conn) {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		_ = c.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	}
-	h.wg.Add(1)
-	h.mu.Unlock()
-	defer h.wg.Done()
-	s := &Session{h: h, plain: c, idStr: "plain-" + newID()}
-	var cancel context.CancelCauseFunc
-	s.ctx, cancel = context.WithCancelCause(context.Background())
-	stop := context.AfterFunc(r.Context(), func() { cancel(net.ErrClosed) })
-	defer stop()
-	h.serve(s.ctx, s)
-	cancel(nil)
-	_ = c.Close(websocket.StatusNormalClosure, "")
 }
 
 // resumeReq is what a client asks for when it opens a link.
@@ -164,61 +165,79 @@ func decodeID(s string, dst *[16]byte) error {
 	return err
 }
 
-var errTooManySessions = errors.New("tether: too many sessions")
-
 // openSession resumes the session rr names or, when there is none, opens a
-// new one; status says which. With reader set, the Handler counts one more
-// goroutine (the link's reader) that the caller must mark done.
-func (h *Handler) openSession(rr resumeReq, t Transport, reader bool) (*Session, frame.Status, error) {
+// new one for the request r, if the Handler's limits allow; status says
+// which. With reader set, the Handler counts one more goroutine (the link's
+// reader) that the caller must mark done. A resume whose ack is beyond what
+// the session sent is refused (errBadAck), leaving the session as it was.
+func (h *Handler) openSession(r *http.Request, rr resumeReq, t Transport, reader bool) (*Session, frame.Status, error) {
+	key := h.clientKey(r) // user code: called before h.mu is taken
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, 0, fmt.Errorf("tether: handler closed: %w", net.ErrClosed)
+		return nil, 0, refuseClosed
 	}
 	status := frame.StatusNew
 	if rr.ok {
 		s := h.sessions[rr.id]
-		if s != nil && subtle.ConstantTimeCompare(s.secret[:], rr.secret[:]) == 1 && !s.isEnded() {
+		if s != nil && !s.plain && subtle.ConstantTimeCompare(s.secret[:], rr.secret[:]) == 1 && !s.isEnded() {
+			s.seq.mu.Lock()
+			sent := s.seq.nextSeq
+			s.seq.mu.Unlock()
+			if rr.ack > sent {
+				return nil, 0, errBadAck
+			}
 			if reader {
 				h.wg.Add(1)
 			}
 			return s, frame.StatusResumed, nil
 		}
-		if ts, ok := h.tombstones[rr.id]; ok && time.Now().Before(ts.until) && subtle.ConstantTimeCompare(ts.secret[:], rr.secret[:]) == 1 {
+		if ts, ok := h.tombs.find(rr.id, rr.secret, time.Now()); ok {
 			return nil, 0, &tombstoneError{code: ts.code, reason: ts.reason}
 		}
 		status = frame.StatusLost
 	}
-	if len(h.sessions) >= h.opts.maxSessions {
-		return nil, 0, errTooManySessions
+	s, err := h.admitLocked(r, key, false)
+	if err != nil {
+		return nil, 0, err
 	}
-	s := newSession(h)
 	s.transport = t
-	h.sessions[s.id] = s
 	if reader {
 		h.wg.Add(1)
 	}
+	h.runLocked(s)
+	return s, status, nil
+}
+
+// errBadAck refuses a resume that acknowledges messages the session never
+// sent: it would break the session's acknowledgements.
+var errBadAck = errors.New("tether: resume acknowledges messages never sent")
+
+// runLocked calls serve for s on a goroutine of its own; h.mu is held. The
+// session ends when serve returns.
+func (h *Handler) runLocked(s *Session) {
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
 		h.serve(s.ctx, s)
 		s.end(websocket.StatusNormalClosure, "", errSessionDone)
 	}()
-	return s, status, nil
 }
 
+// lookup returns the session-mode session id names, if secret is its own.
 func (h *Handler) lookup(id [16]byte, secret [16]byte) *Session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := h.sessions[id]
-	if s == nil || subtle.ConstantTimeCompare(s.secret[:], secret[:]) != 1 {
+	if s == nil || s.plain || subtle.ConstantTimeCompare(s.secret[:], secret[:]) != 1 {
 		return nil
 	}
 	return s
 }
 
-// forget removes an ended session, leaving a tombstone for a while so that
-// a client that comes back learns how the session ended.
+// forget removes an ended session and gives back what it held of the
+// Handler's limits. Unless tomb is false, it leaves a tombstone for a while
+// so that a client that comes back learns how the session ended.
 func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, tomb bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -226,23 +245,12 @@ func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, t
 		return
 	}
 	delete(h.sessions, s.id)
+	h.releaseLocked(s)
 	now := time.Now()
-	for id, ts := range h.tombstones {
-		if now.After(ts.until) {
-			delete(h.tombstones, id)
-		}
+	h.tombs.expire(now)
+	if tomb && !s.plain {
+		h.tombs.add(s.id, tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}, h.opts.maxSessions)
 	}
-	if tomb && len(h.tombstones) < h.opts.maxSessions {
-		h.tombstones[s.id] = tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}
-	}
-}
-
-// tombstone remembers how a session ended.
-type tombstone struct {
-	secret [16]byte
-	code   websocket.StatusCode
-	reason string
-	until  time.Time
 }
 
 // tombstoneError is the answer to a resume of an ended session.

@@ -6,9 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -19,11 +22,13 @@ import (
 // Write and Close may be called from any goroutine; Read calls are served
 // one at a time.
 type Session struct {
-	h      *Handler
-	id     [16]byte
-	secret [16]byte
-	idStr  string
-	plain  *websocket.Conn // plain mode: the client's only connection
+	h         *Handler
+	id        [16]byte
+	secret    [16]byte
+	idStr     string
+	plain     bool   // a plain WebSocket client: no resume, one link
+	clientKey string // for WithSessionsPerClient; under h.mu
+	reserved  int64  // what the session holds of the buffer budget; under h.mu
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -31,11 +36,15 @@ type Session struct {
 	win    window     // the session's window, both ways (see window)
 	seq    *seqState  // numbering, replay, and the order of transmissions
 	wbuf   []byte     // frame encoding buffer, used under seq.wmu
+	wout   []byte     // the frame prepare encoded for send, under seq.wmu
+	wbig   *[]byte    // wout's pooled buffer, for a large frame
 	recvMu sync.Mutex // one receiver at a time, even while links change
 	// rd serves Read: on the serve goroutine itself while it waits in Read
 	// (no goroutine hop per message), by a background reader otherwise.
 	// Messages from long polling are delivered into it.
 	rd *reader
+
+	used atomic.Bool // a message went either way (see WithUnusedSessionTTL)
 
 	linkMu    sync.Mutex    // guards the fields below
 	ws        *liveLink     // the current WebSocket link, or nil
@@ -43,6 +52,7 @@ type Session struct {
 	poll      *pollLink
 	transport Transport
 	ttl       *time.Timer
+	awaySince time.Time // when the session last had no link
 	ackTimer  *time.Timer
 	ackArmed  bool
 	ended     bool
@@ -51,18 +61,48 @@ type Session struct {
 	endReason string
 }
 
-func newSession(h *Handler) *Session {
-	s := &Session{h: h, win: window{h.opts.replayBytes, defaultWindowMsgs}, rd: newReader()}
-	s.seq = newSeqState(s.win)
-	s.rd.onTake = s.took
+// newSession returns a session with window w, whose serve ctx carries the
+// values of parent, the ctx of the request that opened it, but not its end.
+func newSession(h *Handler, parent context.Context, w window, plain bool) *Session {
+	s := &Session{h: h, win: w, plain: plain, rd: newReader()}
+	s.seq = newSeqState(w)
 	_, _ = rand.Read(s.id[:])
 	_, _ = rand.Read(s.secret[:])
-	s.idStr = hex.EncodeToString(s.id[:])
-	s.ctx, s.cancel = context.WithCancelCause(context.Background())
-	s.ttl = time.AfterFunc(h.opts.sessionTTL, s.expire)
+	if plain {
+		s.idStr = "plain-" + hex.EncodeToString(s.id[:8])
+	} else {
+		s.idStr = hex.EncodeToString(s.id[:])
+		s.rd.onTake = s.took
+	}
+	s.ctx, s.cancel = context.WithCancelCause(context.WithoutCancel(parent))
+	s.awaySince = time.Now()
+	s.ttl = time.AfterFunc(h.opts.unusedTTL, s.expire)
 	s.ackTimer = time.AfterFunc(time.Hour, s.sendDelayedAck)
 	s.ackTimer.Stop()
 	return s
+}
+
+// markUsed records that a message went either way: the session is kept for
+// the full TTL from now on.
+func (s *Session) markUsed() {
+	if !s.used.Load() {
+		s.used.Store(true)
+	}
+}
+
+// awayLocked starts the TTL: the session has no link in use; s.linkMu is
+// held.
+func (s *Session) awayLocked() {
+	s.awaySince = time.Now()
+	s.ttl.Reset(s.ttlLocked())
+}
+
+// ttlLocked is how long the session waits for its client from awaySince.
+func (s *Session) ttlLocked() time.Duration {
+	if s.used.Load() {
+		return s.h.opts.sessionTTL
+	}
+	return min(s.h.opts.unusedTTL, s.h.opts.sessionTTL)
 }
 
 // hello returns the Hello that greets the client on a new link; s.seq.mu is
@@ -78,9 +118,6 @@ func (s *Session) ID() string { return s.idStr }
 
 // Transport returns the transport of the session's current (or last) link.
 func (s *Session) Transport() Transport {
-	if s.plain != nil {
-		return WebSocket
-	}
 	s.linkMu.Lock()
 	defer s.linkMu.Unlock()
 	return s.transport
@@ -90,9 +127,6 @@ func (s *Session) Transport() Transport {
 // session has ended: with ErrSessionLost when the client did not come back
 // in time, with a websocket.CloseError when the client closed.
 func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	if s.plain != nil {
-		return s.plain.Read(ctx)
-	}
 	m := s.rd.read(ctx)
 	if m.err != nil {
 		if s.ctx.Err() != nil {
@@ -106,11 +140,17 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 
 // Write sends a message to the client. While the client is away it is kept
 // for replay; while the client is connected but slow to acknowledge, Write
-// waits for room in the replay buffer or for ctx to end.
+// waits for room in the replay buffer or for ctx to end. A text message
+// must be valid UTF-8. To a plain client, Write writes on the connection
+// straight away: a ctx that ends during the write closes it.
 func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
-	if s.plain != nil {
-		return s.plain.Write(ctx, typ, p)
+	if typ == websocket.MessageText && !utf8.Valid(p) {
+		return fmt.Errorf("tether: session write: %w", errInvalidUTF8)
 	}
+	if s.plain {
+		return s.writePlain(ctx, typ, p)
+	}
+	s.markUsed()
 	for {
 		if s.isEnded() {
 			return s.endError()
@@ -145,9 +185,6 @@ func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte
 // Close ends the session: the client's Conn is closed with code and reason
 // and does not reconnect.
 func (s *Session) Close(code websocket.StatusCode, reason string) error {
-	if s.plain != nil {
-		return s.plain.Close(code, reason)
-	}
 	if s.isEnded() {
 		return fmt.Errorf("tether: session close: %w", net.ErrClosed)
 	}
@@ -184,7 +221,12 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	switch f.Kind {
 	case frame.Data, frame.Ack:
 	case frame.Close:
-		s.end(websocket.StatusCode(f.Code), f.Reason, websocket.CloseError{Code: websocket.StatusCode(f.Code), Reason: f.Reason})
+		code, reason := websocket.StatusCode(f.Code), f.Reason
+		if !validClientCode(code) {
+			// Not a code a client may send: not one to keep and tell.
+			code, reason = websocket.StatusProtocolError, "invalid close code"
+		}
+		s.end(code, reason, websocket.CloseError{Code: code, Reason: reason})
 		return message{}, false, nil
 	default:
 		return message{}, false, fmt.Errorf("tether: unexpected %v frame from client", f.Kind)
@@ -195,7 +237,30 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	if err != nil || !deliver {
 		return message{}, false, err
 	}
+	if !f.Binary && !utf8.Valid(f.Payload) {
+		// The client would send it again on every resume: end the session.
+		s.end(websocket.StatusInvalidFramePayloadData, "text message is not valid UTF-8", errInvalidUTF8)
+		return message{}, false, errInvalidUTF8
+	}
+	s.markUsed()
 	return message{typ: msgType(f.Binary), p: f.Payload, owner: s.seq}, true, nil
+}
+
+// errInvalidUTF8 refuses a text message that is not valid UTF-8, as
+// WebSocket requires.
+var errInvalidUTF8 = errors.New("tether: text message is not valid UTF-8")
+
+// validClientCode reports whether a client may close with code: the codes
+// RFC 6455 defines for endpoints to send (1012 to 1014 are a server's), and
+// the ranges for libraries and applications.
+func validClientCode(code websocket.StatusCode) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1011:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
 }
 
 // took acknowledges a message of n bytes serve has read: at once every
@@ -258,15 +323,65 @@ func (s *Session) sendAck(wait bool) bool {
 	return true
 }
 
-// expire ends a session whose client did not come back within the TTL.
+// expire ends a session whose client did not come back within the TTL. A
+// polling request in progress holds the TTL off (its end starts it again),
+// but only for as long as a request may last.
 func (s *Session) expire() {
-	s.linkMu.Lock()
-	l, poll := s.ws, s.poll
-	s.linkMu.Unlock()
-	if l != nil || (poll != nil && poll.busy()) {
+	if !s.expired() {
 		return
 	}
 	s.end(websocket.StatusGoingAway, "session expired", fmt.Errorf("tether: session %s expired: %w", s.idStr, ErrSessionLost))
+}
+
+// expired reports whether the session is away and its TTL has passed. If
+// not yet (the TTL grew since it was set, because the session carried a
+// message; or a polling request holds it off), it sets the timer for the
+// rest.
+func (s *Session) expired() bool {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	if s.ws != nil || s.ended {
+		return false
+	}
+	if rest := s.ttlLocked() - time.Since(s.awaySince); rest > 0 {
+		s.ttl.Reset(rest)
+		return false
+	}
+	return true
+}
+
+// pollBegan records that a polling request began: the session counts as
+// present while it lasts, but no longer than a request may (maxRequestTime),
+// so that a request that hangs cannot keep the session for ever.
+func (s *Session) pollBegan() {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	d := s.h.maxRequestTime()
+	s.awaySince = time.Now().Add(d)
+	s.ttl.Reset(d + s.ttlLocked())
+}
+
+// pollsDone records that the session's last polling request ended: its TTL
+// starts.
+func (s *Session) pollsDone() {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	if !s.ended && s.ws == nil {
+		s.awayLocked()
+	}
+}
+
+// closeEnded closes l, a link of s taken out of use, telling the client how
+// the session ended if it has: a graceful close, which waits a few seconds
+// at most for the client's answer (coder/websocket's bound).
+func (s *Session) closeEnded(l *liveLink) {
+	s.linkMu.Lock()
+	ended, code, reason := s.ended, s.endCode, s.endReason
+	s.linkMu.Unlock()
+	if ended && !errors.Is(l.err, errReplaced) {
+		_ = l.Close(code, clipReason(reason))
+	}
+	_ = l.CloseNow()
 }
 
 // end ends the session once: its serve ctx is cancelled, Read and Write fail
@@ -286,9 +401,11 @@ func (s *Session) end(code websocket.StatusCode, reason string, err error) {
 	s.linkMu.Unlock()
 	// A lost session leaves no tombstone: the client is told it is lost.
 	s.h.forget(s, code, reason, !errors.Is(err, ErrSessionLost))
+	s.h.log.Debug("session ended", slog.String("session", s.idStr), slog.Int("code", int(code)), slog.Any("err", err))
 	if l != nil {
-		// Tell the client before the link's watcher wakes up and drops it.
-		_ = l.Close(code, clipReason(reason))
+		// The link's watcher closes it, telling the client code and reason
+		// (see closeEnded): a client that does not answer the close makes
+		// only that goroutine wait.
 		l.fail(err)
 	}
 	if poll != nil {

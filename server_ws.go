@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,11 +17,18 @@ import (
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	resume, err := parseResume(r.Header.Get(headerSession), r.Header.Get(headerSecret), r.Header.Get(headerAck))
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		h.refuse(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !h.originAllowed(r) {
+		// websocket.Accept would refuse it the same way, without a word.
+		h.refuse(w, r, http.StatusForbidden, "tether: request Origin not allowed")
 		return
 	}
 	ao := h.opts.accept
 	ao.Subprotocols = append([]string{Subprotocol}, ao.Subprotocols...)
+	life := &lifeSigns{}
+	life.hook(&ao)
 	// Tells the client this server really speaks tether.v1.
 	w.Header().Set(headerProtocol, Subprotocol)
 	hw := &hijackWatch{ResponseWriter: w}
@@ -28,26 +36,32 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has answered
 	}
-	c.SetReadLimit(h.opts.readLimit + 64)
 	if c.Subprotocol() != Subprotocol {
-		h.servePlain(r, c)
+		h.servePlain(r, c, hw.conn, life)
 		return
 	}
-	s, status, err := h.openSession(resume, WebSocket, true)
+	c.SetReadLimit(h.opts.readLimit + 64)
+	s, status, err := h.openSession(r, resume, WebSocket, true)
 	if err != nil {
-		var te *tombstoneError
-		if errors.As(err, &te) {
+		var (
+			te *tombstoneError
+			rf *refusal
+		)
+		switch {
+		case errors.As(err, &te):
 			_ = c.Close(te.code, te.reason)
-			return
+		case errors.As(err, &rf):
+			h.refuseWS(c, r, rf.code, rf.reason)
+		default: // errBadAck
+			h.refuseWS(c, r, websocket.StatusProtocolError, "resume acknowledges messages never sent")
 		}
-		_ = c.Close(websocket.StatusTryAgainLater, err.Error())
 		return
 	}
 	clientAck := resume.ack
 	if status != frame.StatusResumed {
 		clientAck = 0 // that ack was for a session that is gone
 	}
-	l, done, err := s.attachWS(c, hw.conn, status, clientAck)
+	l, done, err := s.attachWS(c, hw.conn, life, status, clientAck)
 	if err != nil {
 		h.wg.Done()
 		_ = c.CloseNow()
@@ -91,7 +105,20 @@ func (s *Session) prepare(f *frame.Frame) *liveLink {
 	s.linkMu.Unlock()
 	switch {
 	case l != nil && f != nil:
-		s.wbuf = frame.Append(s.wbuf[:0], f)
+		buf := s.wbuf[:0]
+		if n := len(f.Payload) + frameHeaderMax; n > readBufKeep {
+			// A large frame is encoded in a pooled buffer, given back
+			// once sent, so that an idle session keeps no large buffer.
+			if s.wbig = getBuf(n); s.wbig != nil {
+				buf = (*s.wbig)[:0]
+			} else {
+				buf = nil
+			}
+		}
+		s.wout = frame.Append(buf, f)
+		if s.wbig == nil && cap(s.wout) <= readBufKeep {
+			s.wbuf = s.wout
+		}
 		return l
 	case l == nil && poll != nil:
 		poll.notify()
@@ -105,16 +132,21 @@ func (s *Session) send(l *liveLink) {
 	if l == nil {
 		return
 	}
-	ws := l.link.(*serverWS).ws
-	err := ws.Write(context.Background(), websocket.MessageBinary, s.wbuf)
-	if cap(s.wbuf) > 64<<10 {
-		s.wbuf = nil // do not hold on to a big message's buffer
+	sw := l.link.(*serverWS)
+	err := sw.write(context.Background(), s.wout)
+	s.wout = nil
+	if s.wbig != nil {
+		putBuf(s.wbig)
+		s.wbig = nil
 	}
 	if err != nil {
 		l.fail(err)
-		_ = ws.CloseNow()
+		_ = sw.ws.CloseNow()
 	}
 }
+
+// frameHeaderMax is the most a Data frame adds to its payload.
+const frameHeaderMax = 2 + 10 + 10
 
 // attachWS makes c the session's link: the old link is closed and its
 // reader gone first, then the client is greeted, the link is read, and
@@ -122,7 +154,7 @@ func (s *Session) send(l *liveLink) {
 // out while the link is read: the client replays to the server at the same
 // time, and a side that wrote megabytes without reading would wait for the
 // other for ever. s.seq.wmu keeps serve's Writes behind the replay.
-func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status, clientAck uint64) (*liveLink, chan struct{}, error) {
+func (s *Session) attachWS(c *websocket.Conn, w *watchConn, life *lifeSigns, status frame.Status, clientAck uint64) (*liveLink, chan struct{}, error) {
 	s.detach()
 	s.seq.wmu.Lock()
 	defer s.seq.wmu.Unlock()
@@ -145,10 +177,13 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	for _, f := range s.seq.unacked(clientAck) {
 		replay = append(replay, frame.Append(nil, &f))
 	}
-	l := newLiveLink(context.Background(), &serverWS{s: s, ws: c}, WebSocket)
+	sw := &serverWS{s: s, ws: c}
+	l := newLiveLink(context.Background(), sw, WebSocket)
+	sw.live = l
 	l.watch = w
 	// What an honest client can have sent unacknowledged.
 	l.readAhead = s.win
+	life.l.Store(l)
 	done := make(chan struct{})
 	s.linkMu.Lock()
 	s.ws, s.wsDone, s.transport = l, done, WebSocket
@@ -159,12 +194,13 @@ func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status,
 	if !s.rd.setLink(l) {
 		return l, done, nil // the session ended meanwhile: watchWS cleans up
 	}
+	sw.hb = s.h.startHeartbeat(l, s.rd, &sw.writing)
 
 	if len(replay) > 0 {
 		ctx, cancel := untilDead(s.ctx, l)
 		defer cancel()
 		for _, b := range replay {
-			if err := c.Write(ctx, websocket.MessageBinary, b); err != nil {
+			if err := sw.write(ctx, b); err != nil {
 				l.fail(err)
 				break
 			}
@@ -187,7 +223,8 @@ func (s *Session) watchWS(l *liveLink, done chan struct{}) {
 	}
 	s.rd.clearLink(l)
 	s.linkLost(l, err)
-	_ = l.CloseNow()
+	s.closeEnded(l)
+	l.link.(*serverWS).hb.stop()
 	l.cancel()
 	l.wg.Wait()
 	if l.watch != nil {
@@ -218,9 +255,19 @@ var errReplaced = errors.New("tether: the client opened a new link")
 // serverWS is a session's WebSocket link, read through the session's
 // reader: its Read returns the next new message from the client.
 type serverWS struct {
-	s  *Session
-	ws *websocket.Conn
-	rb readBuf // used by the session's one reader
+	s       *Session
+	ws      *websocket.Conn
+	rb      readBuf // used by the session's one reader
+	writing writeClock
+	hb      *linkHeartbeat // set before the link is written to
+	live    *liveLink      // the link, whose every frame is proof of life
+}
+
+// write writes one frame, with the write clock running (see writeClock).
+func (l *serverWS) write(ctx context.Context, b []byte) error {
+	l.writing.start()
+	defer l.writing.stop()
+	return l.ws.Write(ctx, websocket.MessageBinary, b)
 }
 
 func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
@@ -234,6 +281,12 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 			return 0, nil, errors.New("tether: text message on a tether.v1 link")
 		}
 		f, err := frame.Decode(b)
+		if err == nil && f.Kind == frame.Data && int64(len(f.Payload)) > l.s.h.opts.readLimit {
+			// The link's read limit leaves room for the frame's header: a
+			// payload in that room is still over the limit.
+			_ = l.ws.Close(websocket.StatusMessageTooBig, "message too big")
+			return 0, nil, fmt.Errorf("tether: message of %d bytes, limit %d", len(f.Payload), l.s.h.opts.readLimit)
+		}
 		var (
 			m       message
 			deliver bool
@@ -245,12 +298,15 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 			s.recvMu.Unlock()
 		}
 		if err != nil {
-			_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")
+			if !l.s.isEnded() { // else the link's watcher says why
+				_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")
+			}
 			return 0, nil, err
 		}
 		if deliver {
 			return m.typ, payloadCopy(m.p, owned), nil
 		}
+		l.live.touch() // an ack: the client is there
 	}
 }
 
@@ -276,7 +332,7 @@ func (s *Session) linkLost(l *liveLink, err error) {
 		return
 	}
 	s.ws, s.wsDone = nil, nil
-	s.ttl.Reset(s.h.opts.sessionTTL)
+	s.awayLocked()
 	s.linkMu.Unlock()
 	s.h.log.Debug("link lost", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
 	var ce websocket.CloseError

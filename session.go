@@ -171,34 +171,48 @@ func bufSize(n int) int {
 // the same units.
 func msgCost(p []byte) int { return msgOverhead + max(cap(p), bufSize(len(p))) }
 
-// keep returns a copy of p and the pooled buffer that holds it, if any.
-func keep(p []byte) ([]byte, *[]byte) {
-	if len(p) == 0 {
-		return nil, nil
-	}
+// getBuf returns a pooled buffer of at least n bytes, or nil when n is
+// beyond the largest class.
+func getBuf(n int) *[]byte {
 	for i, size := range bufClasses {
-		if len(p) <= size {
+		if n <= size {
 			bp, _ := bufPools[i].Get().(*[]byte)
 			if bp == nil {
 				b := make([]byte, size)
 				bp = &b
 			}
-			return (*bp)[:copy(*bp, p)], bp
+			return bp
 		}
+	}
+	return nil
+}
+
+// putBuf gives a buffer from getBuf back to its pool.
+func putBuf(bp *[]byte) {
+	for i, size := range bufClasses {
+		if cap(*bp) == size {
+			*bp = (*bp)[:size]
+			bufPools[i].Put(bp)
+			return
+		}
+	}
+}
+
+// keep returns a copy of p and the pooled buffer that holds it, if any.
+func keep(p []byte) ([]byte, *[]byte) {
+	if len(p) == 0 {
+		return nil, nil
+	}
+	if bp := getBuf(len(p)); bp != nil {
+		return (*bp)[:copy(*bp, p)], bp
 	}
 	return append([]byte(nil), p...), nil
 }
 
 // release gives m's buffer back to its pool.
 func (m *sent) release() {
-	if m.buf == nil {
-		return
-	}
-	for i, size := range bufClasses {
-		if cap(*m.buf) == size {
-			bufPools[i].Put(m.buf)
-			break
-		}
+	if m.buf != nil {
+		putBuf(m.buf)
 	}
 	*m = sent{}
 }
