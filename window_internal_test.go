@@ -1,6 +1,8 @@
 package tether
 
 import (
+	"time"
+
 	"testing"
 
 	"github.com/coder/websocket"
@@ -101,4 +103,16 @@ func TestWindowReadAheadBound(t *testing.T) {
 	require.True(t, r.roomFor([]int{msgCost(big), msgCost(big)}, w), "a window's worth")
 	require.False(t, r.roomFor([]int{msgCost(big), msgCost(big), msgCost(big)}, w), "more than a window")
 	require.True(t, r.roomFor([]int{msgCost(make([]byte, 1<<20))}, w), "a single message of any size")
+}
+
+// The Handler's heartbeat is on by default.
+func TestHandlerHeartbeatOnByDefault(t *testing.T) {
+	t.Parallel()
+	o := defaultHandlerOptions()
+	require.Equal(t, 30*time.Second, o.hbInterval)
+	require.Equal(t, 30*time.Second, o.hbTimeout)
+	WithHandlerHeartbeat(-1, -1)(&o)
+	require.Equal(t, 30*time.Second, o.hbInterval, "negative keeps the default")
+	WithHandlerHeartbeat(0, 0)(&o)
+	require.Zero(t, o.hbInterval)
 }
