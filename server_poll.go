@@ -223,6 +223,10 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) 
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
+		// The rest of the body is not to be read: net/http would try
+		// before answering, without a deadline, unless told the connection
+		// ends here.
+		w.Header().Set("Connection", "close")
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			h.refuse(w, r, http.StatusRequestEntityTooLarge, "tether: request body too large")
@@ -243,8 +247,11 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request, resume resume
 	// and the rest left to the server.
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(h.opts.pollWait))
-	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, maxOpenBody))
+	n, err := io.Copy(io.Discard, io.LimitReader(r.Body, maxOpenBody+1))
 	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil || n > maxOpenBody {
+		w.Header().Set("Connection", "close") // see readBody
+	}
 	s, status, err := h.openSession(r, resume, Polling, false)
 	if err != nil {
 		var (
@@ -477,7 +484,9 @@ func (s *Session) receiveBatch(fs []frame.Frame, p *pollLink) error {
 		}
 		if deliver {
 			m.p = payloadCopy(m.p, false) // not the request body's: that is let go
-			s.rd.deliver(m, s.win)
+			if !s.rd.deliver(m, s.win) {
+				return errBeyondWindow // not after roomFor: only Reads change it
+			}
 		}
 		if fs[i].Kind == frame.Close {
 			break
