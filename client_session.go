@@ -95,11 +95,16 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 	s := l.s
 	for {
 		s.seq.wmu.Lock()
-		if l.live != nil && l.live.failed() {
-			// Not numbered on a dead link: the Write goes to the next one,
-			// after that link's replay.
+		if l.live != nil && (l.live.failed() || l.live.ctx.Err() != nil) {
+			// Not numbered on a dead link, nor on one taken out of use (a
+			// move between transports retires a link that has not failed):
+			// the Write goes to the next link, after that link's replay. A
+			// Write numbered here after that replay would never be sent.
 			s.seq.wmu.Unlock()
-			return l.live.err
+			if l.live.failed() {
+				return l.live.err
+			}
+			return errLinkRetired
 		}
 		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
@@ -125,6 +130,9 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 		}
 	}
 }
+
+// errLinkRetired is what a Write gets from a link taken out of use.
+var errLinkRetired = errors.New("tether: link retired")
 
 func (l *sessionLink) Ping(ctx context.Context) error { return l.t.Ping(ctx) }
 

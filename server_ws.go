@@ -299,6 +299,7 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 		}
 		if err != nil {
 			if !l.s.isEnded() { // else the link's watcher says why
+				l.s.h.log.Warn("bad frame from client", slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
 				_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")
 			}
 			return 0, nil, err

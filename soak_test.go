@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -130,7 +131,14 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	var st soakStats
-	ss := newSessionServer(t, soakServe(&st, every), tether.WithHandlerHeartbeat(time.Second, 2*time.Second))
+	hopts := []tether.HandlerOption{tether.WithHandlerHeartbeat(time.Second, 2*time.Second)}
+	if path := os.Getenv("TETHER_SOAK_LOG"); path != "" {
+		f, err := os.Create(path)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = f.Close() })
+		hopts = append(hopts, tether.WithHandlerLogger(slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	ss := newSessionServer(t, soakServe(&st, every), hopts...)
 	const nproxies = 4
 	proxies := make([]*faultnet.Proxy, nproxies)
 	for i := range proxies {
