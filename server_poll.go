@@ -134,8 +134,15 @@ func (p *pollLink) finish() {
 	idle := p.active == 0
 	p.mu.Unlock()
 	if idle {
-		p.s.pollsDone()
+		p.s.pollsDone(p)
 	}
+}
+
+// busy reports whether a request of p is in progress.
+func (p *pollLink) busy() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.active > 0
 }
 
 // maxRequestTime bounds how long a polling request holds its session's TTL

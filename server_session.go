@@ -361,14 +361,15 @@ func (s *Session) pollBegan() {
 	s.ttl.Reset(d + s.ttlLocked())
 }
 
-// pollsDone records that the session's last polling request ended: its TTL
-// starts.
-func (s *Session) pollsDone() {
+// pollsDone records that the last polling request of p ended: the TTL
+// starts, unless another request has begun meanwhile.
+func (s *Session) pollsDone(p *pollLink) {
 	s.linkMu.Lock()
 	defer s.linkMu.Unlock()
-	if !s.ended && s.ws == nil {
-		s.awayLocked()
+	if s.ended || s.ws != nil || p.busy() {
+		return
 	}
+	s.awayLocked()
 }
 
 // closeEnded closes l, a link of s taken out of use, telling the client how
