@@ -25,6 +25,7 @@ type clientSession struct {
 	seq    *seqState
 	id     [16]byte
 	secret [16]byte
+	ahead  window // what a link reads ahead: the server's window (helloWindow)
 
 	ackMu    sync.Mutex
 	ackArmed bool
@@ -94,11 +95,16 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 	s := l.s
 	for {
 		s.seq.wmu.Lock()
-		if l.live != nil && l.live.failed() {
-			// Not numbered on a dead link: the Write goes to the next one,
-			// after that link's replay.
+		if l.live != nil && (l.live.failed() || l.live.ctx.Err() != nil) {
+			// Not numbered on a dead link, nor on one taken out of use (a
+			// move between transports retires a link that has not failed):
+			// the Write goes to the next link, after that link's replay. A
+			// Write numbered here after that replay would never be sent.
 			s.seq.wmu.Unlock()
-			return l.live.err
+			if l.live.failed() {
+				return l.live.err
+			}
+			return errLinkRetired
 		}
 		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
@@ -124,6 +130,9 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 		}
 	}
 }
+
+// errLinkRetired is what a Write gets from a link taken out of use.
+var errLinkRetired = errors.New("tether: link retired")
 
 func (l *sessionLink) Ping(ctx context.Context) error { return l.t.Ping(ctx) }
 
@@ -280,15 +289,6 @@ func (c *Conn) dropSession() {
 	}
 }
 
-// readAhead is how much of the server's messages a session link reads
-// ahead of the application: what the largest replay buffer a Handler can
-// have lets it send unacknowledged, and one message beyond.
-func (c *Conn) readAhead() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return maxReplayBytes + int(c.readLimit)
-}
-
 // resumeHeaders adds what a server needs to resume the Conn's session.
 func (c *Conn) resumeHeaders(h http.Header) {
 	c.mu.Lock()
@@ -330,10 +330,16 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 			}
 			s.ackMu.Unlock()
 		}
-		s = &clientSession{seq: newSeqState(DefaultReplayBytes), id: hello.Session, secret: hello.Secret}
+		s = &clientSession{seq: newSeqState(window{}), id: hello.Session, secret: hello.Secret}
 		c.sess = s
 	}
 	c.mu.Unlock()
+	// Every Hello says the session's window: keep to it.
+	replay, ahead := helloWindow(&hello)
+	s.seq.mu.Lock()
+	s.seq.setWindow(replay)
+	s.seq.mu.Unlock()
+	s.ahead = ahead
 
 	// What the server has not acknowledged is replayed once the link is
 	// read (see replay).

@@ -28,10 +28,7 @@ type liveLink struct {
 	transport Transport
 	session   bool      // link is a *sessionLink
 	seq       *seqState // the session whose messages the link carries, if any
-	readAhead int       // bytes the reader may keep unread (see readsAhead)
-	// readAheadMsgs bounds the messages the reader may keep unread; 0 leaves
-	// the count to the byte bound.
-	readAheadMsgs int
+	readAhead window    // what the reader may hold unread (see readsAhead)
 
 	// ctx ends when the link is retired; pings derive from it.
 	ctx    context.Context

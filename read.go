@@ -36,9 +36,8 @@ type reader struct {
 	up           chan struct{} // closed when link is set, renewed when it is cleared
 	final        error         // set when the Conn has ended
 	pending      []message     // messages read while nobody was waiting, oldest first
-	pendingBytes int           // bytes of the messages in pending
+	pendingBytes int           // the cost of the messages in pending (see msgCost)
 	more         chan struct{} // closed when deliver adds to pending; renewed
-	room         chan struct{} // closed when a Read takes from pending; renewed
 	lost         error         // a lost session, reported once by Read
 	tooBig       error         // a message over the read limit, reported once by Read
 	held         *heldMsg      // a plain message begun but left unread (see hold)
@@ -168,13 +167,9 @@ func (r *reader) readLocked(ctx context.Context) message {
 			m := r.pending[0]
 			r.pending[0] = message{}
 			r.pending = r.pending[1:]
-			r.pendingBytes -= len(m.p)
+			r.pendingBytes -= msgCost(m.p)
 			if len(r.pending) == 0 {
 				r.pending = nil
-			}
-			if r.room != nil {
-				close(r.room)
-				r.room = nil
 			}
 			return r.leave(m)
 		}
@@ -418,7 +413,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 		// Nobody is reading: keep the message, and read on up to the
 		// link's bound (see readsAhead).
 		r.pending = append(r.pending, m)
-		r.pendingBytes += len(m.p)
+		r.pendingBytes += msgCost(m.p)
 		if r.readsAhead(l) {
 			r.mu.Unlock()
 			continue
@@ -511,15 +506,17 @@ func (r *reader) dropped(m message) {
 }
 
 // readsAhead reports whether l is read on while messages wait for the
-// application; r.mu is held. Every link is, up to its bounds in bytes and
+// application; r.mu is held. Every link is, up to its bound in bytes and
 // messages. On a session link acks, and a peer's Write that waits for them,
-// must not wait for the application, and the peer's replay buffer bounds
-// what an honest peer sends unread; a peer that sends more is pushed back.
-// On a plain link, pings, pongs and close frames must keep flowing while the
-// application is busy; past the bounds the reader reads only as far as the
-// next data message (see hold).
+// must not wait for the application: the bound is the peer's window,
+// counted as the peer counts it, so an honest peer never finds the link
+// unread and its pings are always answered. On a plain link pings, pongs
+// and close frames must keep flowing while the application is busy; past
+// the bound the reader reads only as far as the next data message (see
+// hold). A peer that sends more is pushed back, holding at most one
+// message beyond the bound.
 func (r *reader) readsAhead(l *liveLink) bool {
-	return r.pendingBytes < l.readAhead && (l.readAheadMsgs <= 0 || len(r.pending) < l.readAheadMsgs)
+	return withinWindow(len(r.pending), r.pendingBytes, l.readAhead)
 }
 
 // stalled reports whether the link is unread because the application has not
@@ -533,20 +530,25 @@ func (r *reader) stalled() bool {
 	return len(r.pending) > 0 && !r.bg && !r.direct && (r.link == nil || !r.readsAhead(r.link))
 }
 
-// setLink makes l the link to read and makes sure someone reads it.
-func (r *reader) setLink(l *liveLink) {
+// setLink makes l the link to read and makes sure someone reads it. It
+// reports false, and leaves l alone, when the reader has ended: a session
+// can end while its new link is being attached.
+func (r *reader) setLink(l *liveLink) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.final != nil {
-		// Ended (a session closed while its link's handshake went on): the
-		// late link is not read, and whoever attached it closes it.
-		return
+		return false
 	}
 	r.link = l
-	close(r.up)
+	select {
+	case <-r.up:
+	default:
+		close(r.up)
+	}
 	if !r.inRead && (len(r.pending) == 0 || r.readsAhead(l)) {
 		r.startBackground(l)
 	}
+	return true
 }
 
 // clearLink stops Reads from using l.
@@ -583,10 +585,6 @@ func (r *reader) closeRead() {
 	}
 	pending := r.pending
 	r.pending, r.pendingBytes = nil, 0
-	if r.room != nil {
-		close(r.room)
-		r.room = nil
-	}
 	for _, m := range pending {
 		if m.owner != nil && r.onTake != nil {
 			// Acknowledged outside r.mu, as a Read would.
@@ -637,29 +635,35 @@ func (r *reader) moreChan() chan struct{} {
 }
 
 // deliver adds a message that arrived some other way (a long-polling
-// request) behind those already pending. It waits while max are pending,
-// until a Read takes one or done is closed, and reports whether it added m.
-func (r *reader) deliver(m message, max int, done <-chan struct{}) bool {
+// request) behind those already pending, as a link's reader would have read
+// it: only while what is pending is within w (see readsAhead). It reports
+// whether it added m; it never waits.
+func (r *reader) deliver(m message, w window) bool {
 	r.mu.Lock()
-	for len(r.pending) >= max {
-		if r.room == nil {
-			r.room = make(chan struct{})
-		}
-		room := r.room
-		r.mu.Unlock()
-		select {
-		case <-room:
-		case <-done:
-			return false
-		}
-		r.mu.Lock()
-	}
 	defer r.mu.Unlock()
+	if !withinWindow(len(r.pending), r.pendingBytes, w) {
+		return false
+	}
 	r.pending = append(r.pending, m)
-	r.pendingBytes += len(m.p)
+	r.pendingBytes += msgCost(m.p)
 	if r.more != nil {
 		close(r.more)
 		r.more = nil
+	}
+	return true
+}
+
+// roomFor reports whether deliver would take messages of the given costs,
+// one after another, while what is pending now stays pending.
+func (r *reader) roomFor(costs []int, w window) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, bytes := len(r.pending), r.pendingBytes
+	for _, c := range costs {
+		if !withinWindow(n, bytes, w) {
+			return false
+		}
+		n, bytes = n+1, bytes+c
 	}
 	return true
 }

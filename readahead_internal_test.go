@@ -54,9 +54,13 @@ func TestPlainReadAheadBounded(t *testing.T) {
 		msgs     int // the most messages kept unread
 		maxBytes int // the most bytes kept unread
 	}{
-		{"small messages", 5000, 16, plainReadAheadMsgs, plainReadAheadMsgs * 16},
-		{"empty messages", 5000, 0, plainReadAheadMsgs, 0},
-		{"large messages", 200, 32000, plainReadAhead/32000 + 1, plainReadAhead + 32000},
+		// One message beyond the count: the reader reads on while it holds
+		// no more than the bound (see withinWindow). Each small message is
+		// charged its real buffer (coder/websocket's Read reads into at
+		// least 512 bytes), so the count bound comes first.
+		{"small messages", 5000, 16, plainReadAheadMsgs + 1, (plainReadAheadMsgs + 1) * (msgOverhead + 512)},
+		{"empty messages", 5000, 0, plainReadAheadMsgs + 1, (plainReadAheadMsgs + 1) * (msgOverhead + 512)},
+		{"large messages", 200, 32000, plainReadAhead/32000 + 1, plainReadAhead + msgCost(make([]byte, 32000))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

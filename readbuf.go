@@ -55,9 +55,10 @@ func (rb *readBuf) read(ctx context.Context, ws *websocket.Conn) (typ websocket.
 }
 
 // payloadCopy returns a copy of p that the caller may keep, or p itself when
-// it is already the caller's.
+// it is already the caller's and no larger than the buffer msgCost charges
+// for it: a message read ahead costs both sides of a session the same.
 func payloadCopy(p []byte, owned bool) []byte {
-	if owned || len(p) == 0 {
+	if len(p) == 0 || (owned && cap(p) <= bufSize(len(p))) {
 		return p
 	}
 	return append([]byte(nil), p...)

@@ -357,7 +357,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 		l := newLiveLink(c.ctx, ws, WebSocket)
 		l.watch, l.gate = d.watch, d.gate
 		l.wsem = make(chan struct{}, 1)
-		l.readAhead, l.readAheadMsgs = plainReadAhead, plainReadAheadMsgs
+		l.readAhead = window{bytes: plainReadAhead, msgs: plainReadAheadMsgs}
 		return l, nil
 	}
 	ws.SetReadLimit(sessionReadLimit(limit))
@@ -387,7 +387,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	}
 	l := newLiveLink(c.ctx, sl, WebSocket)
 	l.watch = d.watch
-	l.readAhead = c.readAhead()
+	l.readAhead = sl.s.ahead
 	sl.live = l
 	return l, nil
 }
@@ -413,7 +413,7 @@ func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
 		seq.acked(ack)
 	})
 	l := newLiveLink(c.ctx, sl, Polling)
-	l.readAhead = c.readAhead()
+	l.readAhead = sl.s.ahead
 	sl.live = l
 	return l, nil
 }

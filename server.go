@@ -1,9 +1,7 @@
 package tether
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
@@ -36,27 +34,44 @@ type Handler struct {
 	opts  handlerOptions
 	log   *slog.Logger
 
-	mu         sync.Mutex
-	sessions   map[[16]byte]*Session
-	tombstones map[[16]byte]tombstone
-	closed     bool
-	wg         sync.WaitGroup // serve goroutines and WebSocket readers
-	stats      handlerCounters
+	mu       sync.Mutex
+	sessions map[[16]byte]*Session // both modes
+	tombs    tombstones
+	clients  map[string]int // sessions per client (WithSessionsPerClient)
+	reserved int64          // what the sessions' buffers may hold (WithBufferBudget)
+	closed   bool
+	wg       sync.WaitGroup // serve goroutines and WebSocket readers
+
+	refusals logLimiter
+	stats    handlerCounters
 }
 
 // NewHandler returns a Handler that calls serve, on a goroutine of its own,
 // for every new session. The session ends when serve returns; serve's ctx
-// ends when the session does.
+// ends when the session does, and carries the values of the request that
+// opened the session (what authentication middleware put there, say), not
+// its deadline or cancellation.
 func NewHandler(serve func(ctx context.Context, s *Session), opts ...HandlerOption) *Handler {
 	o := defaultHandlerOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &Handler{serve: serve, opts: o, log: o.logger, sessions: make(map[[16]byte]*Session), tombstones: make(map[[16]byte]tombstone)}
+	return &Handler{
+		serve:    serve,
+		opts:     o,
+		log:      o.logger,
+		sessions: make(map[[16]byte]*Session),
+		tombs:    newTombstones(),
+		clients:  make(map[string]int),
+	}
 }
 
 // ServeHTTP serves a WebSocket handshake or a long-polling request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every answer is marked as the Handler's own: on a 101 it tells the
+	// client that this server really speaks tether.v1; on a refusal, that
+	// the refusal is the server's and not a proxy's on the way.
+	w.Header().Set(headerProtocol, Subprotocol)
 	if isWebSocketUpgrade(r) {
 		h.serveWebSocket(w, r)
 		return
@@ -64,8 +79,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.servePoll(w, r)
 }
 
-// Close ends every session, closes their links, and waits for the serve
-// functions and the Handler's goroutines to return.
+// Close ends every session, in both modes, closes their links with 1001,
+// and waits for the serve functions and the Handler's goroutines to return.
+// New clients are refused from then on.
 func (h *Handler) Close() error {
 	h.mu.Lock()
 	if h.closed {
@@ -73,19 +89,28 @@ func (h *Handler) Close() error {
 		return fmt.Errorf("tether: handler: %w", net.ErrClosed)
 	}
 	h.closed = true
+	h.mu.Unlock()
+	h.endSessions(websocket.StatusGoingAway, "server shutting down", fmt.Errorf("tether: handler closed: %w", net.ErrClosed))
+	h.wg.Wait()
+	return nil
+}
+
+// endSessions ends every session the Handler holds, plain ones included,
+// telling each client code and reason; serve's Read and Write fail with
+// err. It does not wait for the serve functions.
+func (h *Handler) endSessions(code websocket.StatusCode, reason string, err error) {
+	h.mu.Lock()
 	all := make([]*Session, 0, len(h.sessions))
 	for _, s := range h.sessions {
 		all = append(all, s)
 	}
 	h.mu.Unlock()
 	for _, s := range all {
-		s.end(websocket.StatusGoingAway, "server shutting down", fmt.Errorf("tether: handler closed: %w", net.ErrClosed))
+		s.end(code, reason, err)
 	}
-	h.wg.Wait()
-	return nil
 }
 
-// Sessions returns the number of sessions the Handler holds.
+// Sessions returns the number of sessions the Handler holds, in both modes.
 func (h *Handler) Sessions() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -105,95 +130,6 @@ func headerHasToken(h http.Header, key, token string) bool {
 		}
 	}
 	return false
-}
-
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	resume, err := parseResume(r.Header.Get(headerSession), r.Header.Get(headerSecret), r.Header.Get(headerAck))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	ao := h.opts.accept
-	ao.Subprotocols = append([]string{Subprotocol}, ao.Subprotocols...)
-	// Tells the client this server really speaks tether.v1.
-	w.Header().Set(headerProtocol, Subprotocol)
-	hw := &hijackWatch{ResponseWriter: w}
-	c, err := websocket.Accept(hw, r, &ao)
-	if err != nil {
-		return // Accept has answered
-	}
-	c.SetReadLimit(h.opts.readLimit + 64)
-	if c.Subprotocol() != Subprotocol {
-		h.servePlain(r, c)
-		return
-	}
-	s, status, err := h.openSession(resume, WebSocket, true)
-	if err != nil {
-		var te *tombstoneError
-		if errors.As(err, &te) {
-			_ = c.Close(te.code, te.reason)
-			return
-		}
-		_ = c.Close(websocket.StatusTryAgainLater, err.Error())
-		return
-	}
-	clientAck := resume.ack
-	if status != frame.StatusResumed {
-		clientAck = 0 // that ack was for a session that is gone
-	}
-	l, done, err := s.attachWS(c, hw.conn, status, clientAck)
-	if err != nil {
-		h.wg.Done()
-		_ = c.CloseNow()
-		return
-	}
-	s.watchWS(l, done)
-}
-
-// hijackWatch hands coder/websocket a watchConn when it hijacks the
-// connection, so that a Session.Read whose ctx ends can be interrupted
-// between frames (see interrupt.go) instead of going through a goroutine.
-type hijackWatch struct {
-	http.ResponseWriter
-	conn *watchConn
-}
-
-func (h *hijackWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	w := &watchConn{Conn: nc}
-	// What the server read ahead is read again before the connection.
-	if n := brw.Reader.Buffered(); n > 0 {
-		b, _ := brw.Reader.Peek(n)
-		w.scan(b)
-	}
-	h.conn = w
-	return w, brw, nil
-}
-
-// servePlain serves a client that did not ask for session mode: the Session
-// is the WebSocket connection itself, and ends with it.
-func (h *Handler) servePlain(r *http.Request, c *websocket.Conn) {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		_ = c.Close(websocket.StatusGoingAway, "server shutting down")
-		return
-	}
-	h.wg.Add(1)
-	h.mu.Unlock()
-	defer h.wg.Done()
-	defer h.stats.servingPlain()()
-	s := &Session{h: h, plain: c, idStr: "plain-" + newID()}
-	var cancel context.CancelCauseFunc
-	s.ctx, cancel = context.WithCancelCause(context.Background())
-	stop := context.AfterFunc(r.Context(), func() { cancel(net.ErrClosed) })
-	defer stop()
-	h.serve(s.ctx, s)
-	cancel(nil)
-	_ = c.Close(websocket.StatusNormalClosure, "")
 }
 
 // resumeReq is what a client asks for when it opens a link.
@@ -234,64 +170,82 @@ func decodeID(s string, dst *[16]byte) error {
 	return err
 }
 
-var errTooManySessions = errors.New("tether: too many sessions")
-
 // openSession resumes the session rr names or, when there is none, opens a
-// new one; status says which. With reader set, the Handler counts one more
-// goroutine (the link's reader) that the caller must mark done.
-func (h *Handler) openSession(rr resumeReq, t Transport, reader bool) (*Session, frame.Status, error) {
+// new one for the request r, if the Handler's limits allow; status says
+// which. With reader set, the Handler counts one more goroutine (the link's
+// reader) that the caller must mark done. A resume whose ack is beyond what
+// the session sent is refused (errBadAck), leaving the session as it was.
+func (h *Handler) openSession(r *http.Request, rr resumeReq, t Transport, reader bool) (*Session, frame.Status, error) {
+	key := h.clientKey(r) // user code: called before h.mu is taken
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
-		return nil, 0, fmt.Errorf("tether: handler closed: %w", net.ErrClosed)
+		return nil, 0, refuseClosed
 	}
 	status := frame.StatusNew
 	if rr.ok {
 		s := h.sessions[rr.id]
-		if s != nil && subtle.ConstantTimeCompare(s.secret[:], rr.secret[:]) == 1 && !s.isEnded() {
+		if s != nil && !s.plain && subtle.ConstantTimeCompare(s.secret[:], rr.secret[:]) == 1 && !s.isEnded() {
+			s.seq.mu.Lock()
+			sent := s.seq.nextSeq
+			s.seq.mu.Unlock()
+			if rr.ack > sent {
+				return nil, 0, errBadAck
+			}
 			if reader {
 				h.wg.Add(1)
 			}
 			h.stats.resumes.Add(1)
 			return s, frame.StatusResumed, nil
 		}
-		if ts, ok := h.tombstones[rr.id]; ok && time.Now().Before(ts.until) && subtle.ConstantTimeCompare(ts.secret[:], rr.secret[:]) == 1 {
+		if ts, ok := h.tombs.find(rr.id, rr.secret, time.Now()); ok {
 			return nil, 0, &tombstoneError{code: ts.code, reason: ts.reason}
 		}
 		status = frame.StatusLost
 		h.stats.unknown.Add(1)
 	}
-	if len(h.sessions) >= h.opts.maxSessions {
-		return nil, 0, errTooManySessions
+	s, err := h.admitLocked(r, key, false)
+	if err != nil {
+		return nil, 0, err
 	}
-	s := newSession(h)
 	s.transport = t
-	h.sessions[s.id] = s
 	h.stats.opened.Add(1)
 	if reader {
 		h.wg.Add(1)
 	}
+	h.runLocked(s)
+	return s, status, nil
+}
+
+// errBadAck refuses a resume that acknowledges messages the session never
+// sent: it would break the session's acknowledgements.
+var errBadAck = errors.New("tether: resume acknowledges messages never sent")
+
+// runLocked calls serve for s on a goroutine of its own; h.mu is held. The
+// session ends when serve returns.
+func (h *Handler) runLocked(s *Session) {
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
 		h.serve(s.ctx, s)
 		s.end(websocket.StatusNormalClosure, "", errSessionDone)
 	}()
-	return s, status, nil
 }
 
+// lookup returns the session-mode session id names, if secret is its own.
 func (h *Handler) lookup(id [16]byte, secret [16]byte) *Session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := h.sessions[id]
-	if s == nil || subtle.ConstantTimeCompare(s.secret[:], secret[:]) != 1 {
+	if s == nil || s.plain || subtle.ConstantTimeCompare(s.secret[:], secret[:]) != 1 {
 		return nil
 	}
 	return s
 }
 
-// forget removes an ended session, leaving a tombstone for a while so that
-// a client that comes back learns how the session ended.
+// forget removes an ended session and gives back what it held of the
+// Handler's limits. Unless tomb is false, it leaves a tombstone for a while
+// so that a client that comes back learns how the session ended.
 func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, tomb bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -299,23 +253,12 @@ func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, t
 		return
 	}
 	delete(h.sessions, s.id)
+	h.releaseLocked(s)
 	now := time.Now()
-	for id, ts := range h.tombstones {
-		if now.After(ts.until) {
-			delete(h.tombstones, id)
-		}
+	h.tombs.expire(now)
+	if tomb && !s.plain {
+		h.tombs.add(s.id, tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}, h.opts.maxSessions)
 	}
-	if tomb && len(h.tombstones) < h.opts.maxSessions {
-		h.tombstones[s.id] = tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}
-	}
-}
-
-// tombstone remembers how a session ended.
-type tombstone struct {
-	secret [16]byte
-	code   websocket.StatusCode
-	reason string
-	until  time.Time
 }
 
 // tombstoneError is the answer to a resume of an ended session.
@@ -326,479 +269,4 @@ type tombstoneError struct {
 
 func (e *tombstoneError) Error() string {
 	return "tether: session ended with " + e.code.String()
-}
-
-// Session is one client of a Handler, across links and transports. Read,
-// Write and Close may be called from any goroutine; Read calls are served
-// one at a time.
-type Session struct {
-	h      *Handler
-	id     [16]byte
-	secret [16]byte
-	idStr  string
-	plain  *websocket.Conn // plain mode: the client's only connection
-
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-
-	seq    *seqState  // numbering, replay, and the order of transmissions
-	wbuf   []byte     // frame encoding buffer, used under seq.wmu
-	recvMu sync.Mutex // one receiver at a time, even while links change
-	// rd serves Read: on the serve goroutine itself while it waits in Read
-	// (no goroutine hop per message), by a background reader otherwise.
-	// Messages from long polling are delivered into it.
-	rd *reader
-
-	linkMu    sync.Mutex    // guards the fields below
-	ws        *liveLink     // the current WebSocket link, or nil
-	wsDone    chan struct{} // closed when ws's watcher has returned
-	poll      *pollLink
-	transport Transport
-	ttl       *time.Timer
-	ackTimer  *time.Timer
-	ackArmed  bool
-	ended     bool
-	endErr    error
-}
-
-func newSession(h *Handler) *Session {
-	s := &Session{h: h, seq: newSeqState(h.opts.replayBytes), rd: newReader()}
-	s.rd.onTake = s.took
-	_, _ = rand.Read(s.id[:])
-	_, _ = rand.Read(s.secret[:])
-	s.idStr = hex.EncodeToString(s.id[:])
-	s.ctx, s.cancel = context.WithCancelCause(context.Background())
-	s.ttl = time.AfterFunc(h.opts.sessionTTL, s.expire)
-	s.ackTimer = time.AfterFunc(time.Hour, s.sendDelayedAck)
-	s.ackTimer.Stop()
-	return s
-}
-
-// ID returns the session id (32 hex digits; "plain-" and 16 hex digits for a
-// plain WebSocket client).
-func (s *Session) ID() string { return s.idStr }
-
-// Transport returns the transport of the session's current (or last) link.
-func (s *Session) Transport() Transport {
-	if s.plain != nil {
-		return WebSocket
-	}
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	return s.transport
-}
-
-// Read returns the client's next message. It fails when ctx ends or the
-// session has ended: with ErrSessionLost when the client did not come back
-// in time, with a websocket.CloseError when the client closed.
-func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	if s.plain != nil {
-		return s.plain.Read(ctx)
-	}
-	m := s.rd.read(ctx)
-	if m.err != nil {
-		if s.ctx.Err() != nil {
-			// serve's own ctx ends with the session: say why.
-			return 0, nil, s.endError()
-		}
-		return 0, nil, m.err
-	}
-	return m.typ, m.p, nil
-}
-
-// Write sends a message to the client. While the client is away it is kept
-// for replay; while the client is connected but slow to acknowledge, Write
-// waits for room in the replay buffer or for ctx to end.
-func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
-	if s.plain != nil {
-		return s.plain.Write(ctx, typ, p)
-	}
-	for {
-		if s.isEnded() {
-			return s.endError()
-		}
-		s.seq.wmu.Lock()
-		s.seq.mu.Lock()
-		f, ok := s.seq.add(typ, p)
-		if ok {
-			l := s.prepare(&f)
-			s.seq.mu.Unlock()
-			s.send(l)
-			s.seq.wmu.Unlock()
-			return nil
-		}
-		room := s.seq.roomChan()
-		s.seq.mu.Unlock()
-		s.seq.wmu.Unlock()
-		if !s.hasLink() {
-			err := fmt.Errorf("tether: session %s: replay buffer full while the client is away: %w", s.idStr, ErrSessionLost)
-			s.end(websocket.StatusPolicyViolation, "replay buffer overflow", err)
-			return err
-		}
-		if err := waitRoom(ctx, room, s.ctx.Done()); err != nil {
-			if errors.Is(err, errSessionDone) || s.ctx.Err() != nil {
-				return s.endError()
-			}
-			return fmt.Errorf("tether: session write: %w", err)
-		}
-	}
-}
-
-// Close ends the session: the client's Conn is closed with code and reason
-// and does not reconnect.
-func (s *Session) Close(code websocket.StatusCode, reason string) error {
-	if s.plain != nil {
-		return s.plain.Close(code, reason)
-	}
-	if s.isEnded() {
-		return fmt.Errorf("tether: session close: %w", net.ErrClosed)
-	}
-	s.end(code, reason, fmt.Errorf("tether: session closed: %w", net.ErrClosed))
-	return nil
-}
-
-func (s *Session) isEnded() bool {
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	return s.ended
-}
-
-func (s *Session) hasLink() bool {
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	return s.ws != nil || s.poll != nil
-}
-
-func (s *Session) endError() error {
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	if s.endErr == nil {
-		return errSessionDone
-	}
-	return s.endErr
-}
-
-// prepare encodes f for the current WebSocket link and returns that link
-// for send; on long polling it wakes the waiting poll, which takes frames
-// from the replay buffer itself. f may be nil when only the poll is to be
-// woken. s.seq.wmu and s.seq.mu are held: the link a frame goes to is
-// chosen in sequence order, and the replay buffer's copy of the payload is
-// read under seq.mu only.
-func (s *Session) prepare(f *frame.Frame) *liveLink {
-	s.linkMu.Lock()
-	l, poll := s.ws, s.poll
-	s.linkMu.Unlock()
-	switch {
-	case l != nil && f != nil:
-		s.wbuf = frame.Append(s.wbuf[:0], f)
-		return l
-	case l == nil && poll != nil:
-		poll.notify()
-	}
-	return nil
-}
-
-// send writes what prepare encoded on l, if any; s.seq.wmu is held. A failed
-// send leaves the frame for replay.
-func (s *Session) send(l *liveLink) {
-	if l == nil {
-		return
-	}
-	ws := l.link.(*serverWS).ws
-	err := ws.Write(context.Background(), websocket.MessageBinary, s.wbuf)
-	if cap(s.wbuf) > 64<<10 {
-		s.wbuf = nil // do not hold on to a big message's buffer
-	}
-	if err != nil {
-		l.fail(err)
-		_ = ws.CloseNow()
-	}
-}
-
-// attachWS makes c the session's link: the old link is closed and its
-// reader gone first, then the client is greeted, the link is read, and
-// everything the client has not acknowledged is replayed. The replay goes
-// out while the link is read: the client replays to the server at the same
-// time, and a side that wrote megabytes without reading would wait for the
-// other for ever. s.seq.wmu keeps serve's Writes behind the replay.
-func (s *Session) attachWS(c *websocket.Conn, w *watchConn, status frame.Status, clientAck uint64) (*liveLink, chan struct{}, error) {
-	s.detach()
-	s.seq.wmu.Lock()
-	defer s.seq.wmu.Unlock()
-	s.recvMu.Lock()
-	s.seq.mu.Lock()
-	if s.isEnded() {
-		s.seq.mu.Unlock()
-		s.recvMu.Unlock()
-		return nil, nil, s.endError()
-	}
-	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
-	if err := c.Write(context.Background(), websocket.MessageBinary, frame.Append(nil, &hello)); err != nil {
-		s.seq.mu.Unlock()
-		s.recvMu.Unlock()
-		return nil, nil, err
-	}
-	s.seq.told() // the Hello carries the ack
-	// Encoded here: the payloads are the replay buffer's, read under seq.mu.
-	var replay [][]byte
-	for _, f := range s.seq.unacked(clientAck) {
-		replay = append(replay, frame.Append(nil, &f))
-	}
-	l := newLiveLink(context.Background(), &serverWS{s: s, ws: c}, WebSocket)
-	l.watch = w
-	// What an honest client can have sent unacknowledged: its replay
-	// buffer, and one message beyond.
-	l.readAhead = DefaultReplayBytes + int(s.h.opts.readLimit)
-	done := make(chan struct{})
-	s.linkMu.Lock()
-	s.ws, s.wsDone, s.transport = l, done, WebSocket
-	s.ttl.Stop()
-	s.linkMu.Unlock()
-	s.seq.mu.Unlock()
-	s.recvMu.Unlock()
-	s.rd.setLink(l)
-
-	if len(replay) > 0 {
-		ctx, cancel := untilDead(s.ctx, l)
-		defer cancel()
-		for _, b := range replay {
-			if err := c.Write(ctx, websocket.MessageBinary, b); err != nil {
-				l.fail(err)
-				break
-			}
-		}
-	}
-	return l, done, nil
-}
-
-// watchWS waits, on the handshake's goroutine, until the link fails or the
-// session ends, then takes the link out of use.
-func (s *Session) watchWS(l *liveLink, done chan struct{}) {
-	defer s.h.wg.Done()
-	defer close(done)
-	select {
-	case <-l.dead:
-	case <-s.ctx.Done():
-	}
-	s.rd.clearLink(l)
-	s.linkLost(l, l.err)
-	_ = l.CloseNow()
-	l.cancel()
-	l.wg.Wait()
-	if l.watch != nil {
-		l.watch.release()
-	}
-}
-
-// detach closes the current link and waits until nothing reads it.
-func (s *Session) detach() {
-	s.linkMu.Lock()
-	ws, done, poll := s.ws, s.wsDone, s.poll
-	s.ws, s.wsDone, s.poll = nil, nil, nil
-	s.linkMu.Unlock()
-	if ws != nil {
-		ws.fail(errReplaced)
-		_ = ws.CloseNow()
-		<-done
-	}
-	if poll != nil {
-		s.recvMu.Lock()
-		poll.stop()
-		s.recvMu.Unlock()
-	}
-}
-
-var errReplaced = errors.New("tether: the client opened a new link")
-
-// serverWS is a session's WebSocket link, read through the session's
-// reader: its Read returns the next new message from the client.
-type serverWS struct {
-	s  *Session
-	ws *websocket.Conn
-	rb readBuf // used by the session's one reader
-}
-
-func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	for {
-		typ, b, owned, err := l.rb.read(ctx, l.ws)
-		if err != nil {
-			return 0, nil, err
-		}
-		if typ != websocket.MessageBinary {
-			_ = l.ws.Close(websocket.StatusUnsupportedData, "tether.v1 frames are binary")
-			return 0, nil, errors.New("tether: text message on a tether.v1 link")
-		}
-		f, err := frame.Decode(b)
-		var (
-			m       message
-			deliver bool
-		)
-		if err == nil {
-			s := l.s
-			s.recvMu.Lock()
-			m, deliver, err = s.take(&f)
-			s.recvMu.Unlock()
-		}
-		if err != nil {
-			_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")
-			return 0, nil, err
-		}
-		if deliver {
-			return m.typ, payloadCopy(m.p, owned), nil
-		}
-	}
-}
-
-func (l *serverWS) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
-	return l.ws.Write(ctx, typ, p)
-}
-
-func (l *serverWS) Ping(ctx context.Context) error { return l.ws.Ping(ctx) }
-
-func (l *serverWS) Close(code websocket.StatusCode, reason string) error {
-	return l.ws.Close(code, reason)
-}
-
-func (l *serverWS) CloseNow() error { return l.ws.CloseNow() }
-
-// take handles one frame from the client, whichever transport, and returns
-// the message to deliver, if any. s.recvMu is held: frames are numbered and
-// delivered one at a time, so that an old link's last request and a new
-// link's first frames cannot overtake each other.
-func (s *Session) take(f *frame.Frame) (message, bool, error) {
-	switch f.Kind {
-	case frame.Data, frame.Ack:
-	case frame.Close:
-		s.end(websocket.StatusCode(f.Code), f.Reason, websocket.CloseError{Code: websocket.StatusCode(f.Code), Reason: f.Reason})
-		return message{}, false, nil
-	default:
-		return message{}, false, fmt.Errorf("tether: unexpected %v frame from client", f.Kind)
-	}
-	s.seq.mu.Lock()
-	deliver, err := s.seq.receive(f)
-	s.seq.mu.Unlock()
-	if err != nil || !deliver {
-		return message{}, false, err
-	}
-	return message{typ: msgType(f.Binary), p: f.Payload, owner: s.seq}, true, nil
-}
-
-// took acknowledges a message of n bytes serve has read: at once every
-// ackEvery messages or ackEveryBytes, after ackDelay otherwise, unless
-// outgoing traffic carries the ack first. It runs on the Read's goroutine.
-func (s *Session) took(seq *seqState, n int) {
-	if due, now := seq.take(n); due && (!now || !s.sendAck(false)) {
-		s.armAck()
-	}
-}
-
-// armAck schedules a delayed ack-only frame, once per window.
-func (s *Session) armAck() {
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	if !s.ackArmed && !s.ended {
-		s.ackArmed = true
-		s.ackTimer.Reset(ackDelay)
-	}
-}
-
-// ackDelay is how long a side waits for outgoing traffic to carry an ack
-// before it sends an ack-only frame.
-const ackDelay = 20 * time.Millisecond
-
-func (s *Session) sendDelayedAck() {
-	s.linkMu.Lock()
-	s.ackArmed = false
-	s.linkMu.Unlock()
-	s.sendAck(true)
-}
-
-// sendAck tells the client what serve has read, if it was not told yet: an
-// ack-only frame on WebSocket, the waiting poll's answer on long polling.
-// Unless wait is set, it gives up and reports false when a Write is
-// transmitting (see lockWrites).
-func (s *Session) sendAck(wait bool) bool {
-	if !s.seq.lockWrites(wait) {
-		return false
-	}
-	defer s.seq.wmu.Unlock()
-	s.seq.mu.Lock()
-	if !s.seq.ackDue() {
-		s.seq.mu.Unlock()
-		return true
-	}
-	s.linkMu.Lock()
-	polling := s.poll != nil && s.ws == nil
-	s.linkMu.Unlock()
-	var l *liveLink
-	if polling {
-		// The poll's answer carries the ack (see unsent).
-		l = s.prepare(nil)
-	} else {
-		f := s.seq.ackFrame()
-		l = s.prepare(&f)
-	}
-	s.seq.mu.Unlock()
-	s.send(l)
-	return true
-}
-
-// linkLost handles the end of a WebSocket link: unless a newer link took
-// its place, the session waits for the client to come back, or ends if the
-// client closed its Conn.
-func (s *Session) linkLost(l *liveLink, err error) {
-	s.linkMu.Lock()
-	if s.ws != l || s.ended {
-		s.linkMu.Unlock()
-		return
-	}
-	s.ws, s.wsDone = nil, nil
-	s.ttl.Reset(s.h.opts.sessionTTL)
-	s.linkMu.Unlock()
-	s.h.log.Debug("link lost", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
-	var ce websocket.CloseError
-	if errors.As(err, &ce) {
-		// The client closed its Conn: the session is over.
-		s.end(ce.Code, ce.Reason, ce)
-	}
-}
-
-// expire ends a session whose client did not come back within the TTL.
-func (s *Session) expire() {
-	s.linkMu.Lock()
-	l, poll := s.ws, s.poll
-	s.linkMu.Unlock()
-	if l != nil || (poll != nil && poll.busy()) {
-		return
-	}
-	s.end(websocket.StatusGoingAway, "session expired", fmt.Errorf("tether: session %s expired: %w", s.idStr, ErrSessionLost))
-}
-
-// end ends the session once: its serve ctx is cancelled, Read and Write fail
-// with err, and the client is told with code and reason.
-func (s *Session) end(code websocket.StatusCode, reason string, err error) {
-	s.linkMu.Lock()
-	if s.ended {
-		s.linkMu.Unlock()
-		return
-	}
-	s.ended, s.endErr = true, err
-	l, poll := s.ws, s.poll
-	s.ws, s.wsDone, s.poll = nil, nil, nil
-	s.ttl.Stop()
-	s.ackTimer.Stop()
-	s.linkMu.Unlock()
-	s.h.stats.ended(err)
-	// A lost session leaves no tombstone: the client is told it is lost.
-	s.h.forget(s, code, reason, !errors.Is(err, ErrSessionLost))
-	if l != nil {
-		// Tell the client before the link's watcher wakes up and drops it.
-		_ = l.Close(code, clipReason(reason))
-		l.fail(err)
-	}
-	if poll != nil {
-		poll.closeWith(code, reason)
-	}
-	s.rd.end(err)
-	s.cancel(err)
 }

@@ -2,6 +2,7 @@ package tether_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"io"
@@ -40,8 +41,15 @@ type garbageServer struct {
 
 func newGarbageServer(t *testing.T, opts ...tether.HandlerOption) *garbageServer {
 	t.Helper()
+	return newGarbageServerWith(t, sessionEcho, opts...)
+}
+
+// newGarbageServerWith is newGarbageServer with a serve function of the
+// test's own.
+func newGarbageServerWith(t *testing.T, serve func(ctx context.Context, s *tether.Session), opts ...tether.HandlerOption) *garbageServer {
+	t.Helper()
 	opts = append([]tether.HandlerOption{tether.WithPollLimits(0, 0, 300*time.Millisecond)}, opts...)
-	ss := newSessionServer(t, sessionEcho, opts...)
+	ss := newSessionServer(t, serve, opts...)
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &garbageServer{sessionServer: ss, t: t, hc: &http.Client{Transport: tr, Timeout: 5 * time.Second}, base: ss.srv.URL + "/"}

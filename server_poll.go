@@ -1,14 +1,17 @@
 package tether
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -44,11 +47,50 @@ type pollLink struct {
 	code    websocket.StatusCode
 	reason  string
 
-	sendMu sync.Mutex // one send request at a time keeps frames in order
+	// One send request at a time keeps frames in order, and one more may
+	// wait for its turn; sends counts both.
+	turn  chan struct{}
+	sends atomic.Int32
 }
 
 func newPollLink(s *Session) *pollLink {
-	return &pollLink{s: s, wake: make(chan struct{})}
+	return &pollLink{s: s, wake: make(chan struct{}), turn: make(chan struct{}, 1)}
+}
+
+// sendTurnWait is how long a send request waits for the one before it on
+// the same session before it is refused. Every send is over by the poll
+// wait after it began reading its body, and takes no longer to apply.
+const sendTurnWait = 5 * time.Second
+
+// takeTurn waits, without reading the request's body, until no other send
+// of the session is in progress. It reports false when one already waits,
+// or when ctx ends or sendTurnWait passes first.
+func (p *pollLink) takeTurn(ctx context.Context) bool {
+	if p.sends.Add(1) > 2 {
+		p.sends.Add(-1)
+		return false
+	}
+	select {
+	case p.turn <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(sendTurnWait)
+	defer t.Stop()
+	select {
+	case p.turn <- struct{}{}:
+		return true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	p.sends.Add(-1)
+	return false
+}
+
+// doneTurn ends the send that took its turn.
+func (p *pollLink) doneTurn() {
+	<-p.turn
+	p.sends.Add(-1)
 }
 
 // notify wakes the outstanding poll.
@@ -83,7 +125,7 @@ func (p *pollLink) begin() {
 	p.mu.Lock()
 	p.active++
 	p.mu.Unlock()
-	p.s.ttl.Stop()
+	p.s.pollBegan()
 }
 
 func (p *pollLink) finish() {
@@ -92,98 +134,148 @@ func (p *pollLink) finish() {
 	idle := p.active == 0
 	p.mu.Unlock()
 	if idle {
-		p.s.ttl.Reset(p.s.h.opts.sessionTTL)
+		p.s.pollsDone(p)
 	}
 }
 
+// busy reports whether a request of p is in progress.
 func (p *pollLink) busy() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.active > 0
 }
 
+// maxRequestTime bounds how long a polling request holds its session's TTL
+// off: a poll is held for the poll wait, and a send, once its turn has come,
+// has the poll wait to deliver its body and takes no time to apply it.
+func (h *Handler) maxRequestTime() time.Duration {
+	return h.opts.pollWait + time.Second
+}
+
 func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	op := q.Get(pollParam)
-	if op == "" {
-		// Marked as the Handler's own: a client that sent an Upgrade learns
-		// that a proxy stripped it, and moves to polling at once.
-		w.Header().Set(headerProtocol, Subprotocol)
-		w.Header().Set("Upgrade", "websocket")
-		http.Error(w, "tether: expected a WebSocket handshake or a tether polling request", http.StatusUpgradeRequired)
+	req, perr := parsePollRequest(r)
+	if perr != nil {
+		if perr.status == http.StatusUpgradeRequired {
+			// Marked as the Handler's own (see ServeHTTP): a client that
+			// sent an Upgrade learns that a proxy stripped it, and moves to
+			// polling at once.
+			w.Header().Set("Upgrade", "websocket")
+		}
+		if perr.allow != "" {
+			w.Header().Set("Allow", perr.allow)
+		}
+		h.refuse(w, r, perr.status, perr.msg)
 		return
 	}
 	if !h.originAllowed(r) {
-		http.Error(w, "tether: request Origin not allowed", http.StatusForbidden)
+		h.refuse(w, r, http.StatusForbidden, "tether: request Origin not allowed")
 		return
 	}
-	want := http.MethodPost
-	if op == pollGet {
-		want = http.MethodGet
-	}
-	switch op {
-	case pollOpen, pollGet, pollSend:
-	default:
-		http.Error(w, "tether: unknown polling operation", http.StatusBadRequest)
+	if req.op == pollOpen {
+		h.pollOpen(w, r, req.resume)
 		return
 	}
-	if r.Method != want {
-		w.Header().Set("Allow", want)
-		http.Error(w, "tether: method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	if op == pollOpen {
-		h.pollOpen(w, r)
-		return
-	}
-	var id, secret [16]byte
-	if decodeID(q.Get("sid"), &id) != nil || decodeID(r.Header.Get(headerSecret), &secret) != nil {
-		http.Error(w, "tether: malformed session id or secret", http.StatusBadRequest)
-		return
-	}
-	s := h.lookup(id, secret)
+	s := h.lookup(req.id, req.secret)
 	if s == nil {
 		h.mu.Lock()
-		ts, ok := h.tombstones[id]
+		ts, ok := h.tombs.find(req.id, req.secret, time.Now())
 		h.mu.Unlock()
-		if ok && ts.secret == secret && op == pollGet {
+		if ok {
+			// A poll or a send that meets the end of its session is told
+			// how it ended, whichever comes first.
 			writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(ts.code), Reason: ts.reason}})
 			return
 		}
-		http.Error(w, "tether: unknown session", http.StatusNotFound)
+		h.refuse(w, r, http.StatusNotFound, "tether: unknown session")
 		return
 	}
 	s.linkMu.Lock()
 	p := s.poll
+	ended, code, reason := s.ended, s.endCode, s.endReason
 	s.linkMu.Unlock()
-	if p == nil {
-		http.Error(w, "tether: session is not on polling", http.StatusConflict)
+	if ended {
+		// Ending, and not yet forgotten: the same answer as its tombstone.
+		writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason)}})
 		return
 	}
+	if p == nil {
+		h.refuse(w, r, http.StatusConflict, "tether: session is not on polling")
+		return
+	}
+	if req.op == pollGet {
+		p.begin()
+		defer p.finish()
+		h.pollWait(w, r, s, p, req.ack)
+		return
+	}
+	// One send at a time, decided before the body is read: a client that
+	// piles up sends holds no more than one body.
+	if !p.takeTurn(r.Context()) {
+		h.refuse(w, r, http.StatusTooManyRequests, "tether: another send of this session is in progress")
+		return
+	}
+	defer p.doneTurn()
 	p.begin()
 	defer p.finish()
-	if op == pollGet {
-		h.pollWait(w, r, s, p)
-		return
-	}
 	h.pollSend(w, r, s, p)
 }
 
-func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 1024))
-	resume, err := parseResume(r.Header.Get(headerSession), r.Header.Get(headerSecret), r.Header.Get(headerAck))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+// readBody reads a polling request's body, at most limit bytes, within the
+// poll wait: a body that trickles in must not hold the session's TTL or a
+// send turn for longer. It answers the request itself when it fails.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool) {
+	if r.ContentLength > limit {
+		h.refuse(w, r, http.StatusRequestEntityTooLarge, "tether: request body too large")
+		return nil, false
 	}
-	s, status, err := h.openSession(resume, Polling, false)
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(h.opts.pollWait))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
-		var te *tombstoneError
-		if errors.As(err, &te) {
-			writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(te.code), Reason: te.reason}})
-			return
+		// The rest of the body is not to be read: net/http would try
+		// before answering, without a deadline, unless told the connection
+		// ends here.
+		w.Header().Set("Connection", "close")
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			h.refuse(w, r, http.StatusRequestEntityTooLarge, "tether: request body too large")
+			return nil, false
 		}
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			h.refuse(w, r, http.StatusRequestTimeout, "tether: request body too slow")
+			return nil, false
+		}
+		h.refuse(w, r, http.StatusBadRequest, "tether: reading request body")
+		return nil, false
+	}
+	return body, true
+}
+
+func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request, resume resumeReq) {
+	// The body means nothing: a little of it is read, within the poll wait,
+	// and the rest left to the server.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(h.opts.pollWait))
+	n, err := io.Copy(io.Discard, io.LimitReader(r.Body, maxOpenBody+1))
+	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil || n > maxOpenBody {
+		w.Header().Set("Connection", "close") // see readBody
+	}
+	s, status, err := h.openSession(r, resume, Polling, false)
+	if err != nil {
+		var (
+			te *tombstoneError
+			rf *refusal
+		)
+		switch {
+		case errors.As(err, &te):
+			writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(te.code), Reason: te.reason}})
+		case errors.As(err, &rf):
+			h.refuse(w, r, rf.status, rf.Error())
+		default:
+			h.refuse(w, r, http.StatusBadRequest, err.Error())
+		}
 		return
 	}
 	s.detach()
@@ -192,29 +284,28 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request) {
 	if status == frame.StatusResumed {
 		s.seq.acked(resume.ack)
 	}
-	hello := frame.Frame{Kind: frame.Hello, Status: status, Session: s.id, Secret: s.secret, Ack: s.seq.taken}
+	hello := s.hello(status)
 	s.linkMu.Lock()
 	ended := s.ended
 	if !ended {
 		s.poll, s.transport = p, Polling
-		s.ttl.Reset(h.opts.sessionTTL)
+		s.awayLocked()
 	}
 	s.linkMu.Unlock()
 	s.seq.mu.Unlock()
 	if ended {
-		http.Error(w, "tether: session ended", http.StatusGone)
+		h.refuse(w, r, http.StatusGone, "tether: session ended")
 		return
 	}
 	writeFrames(w, []frame.Frame{hello})
 }
 
+// maxOpenBody is the most of an open request's body the Handler reads (and
+// ignores).
+const maxOpenBody = 1 << 10
+
 // pollWait holds a poll until the session has frames for the client.
-func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p *pollLink) {
-	ack, err := strconv.ParseUint(r.URL.Query().Get("ack"), 10, 64)
-	if err != nil {
-		http.Error(w, "tether: malformed ack", http.StatusBadRequest)
-		return
-	}
+func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p *pollLink, ack uint64) {
 	// One outstanding poll per session: a newer one releases the older.
 	release := make(chan struct{})
 	p.mu.Lock()
@@ -230,7 +321,7 @@ func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p
 		s.seq.mu.Lock()
 		if ack > s.seq.nextSeq {
 			s.seq.mu.Unlock()
-			http.Error(w, "tether: ack beyond what was sent", http.StatusBadRequest)
+			h.refuse(w, r, http.StatusBadRequest, "tether: ack beyond what was sent")
 			return
 		}
 		s.seq.acked(ack)
@@ -239,7 +330,7 @@ func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p
 		wake, closed, code, reason := p.wake, p.closed, p.code, p.reason
 		p.mu.Unlock()
 		if closed && code != 0 {
-			fs = append(fs, frame.Frame{Kind: frame.Close, Code: uint16(code), Reason: reason, Ack: s.seq.taken})
+			fs = append(fs, frame.Frame{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason), Ack: s.seq.taken})
 		}
 		if len(fs) > 0 || closed {
 			// Encoded under seq.mu: the payloads are the replay buffer's,
@@ -264,51 +355,50 @@ func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p
 	}
 }
 
-// pollSend takes a batch of the client's frames.
+// sendLimit is the largest body a send of s may have: what an honest client
+// can have unacknowledged (its window, or a single message of any size up
+// to the read limit) with the frames around it, and acks, within
+// WithPollLimits' bound.
+func (h *Handler) sendLimit(s *Session) int64 {
+	msg := int64(msgOverhead + bufSize(int(h.opts.readLimit)))
+	honest := max(int64(s.win.bytes), msg) + int64(h.opts.maxBatch)*16 + 256
+	return min(h.opts.maxBody, honest)
+}
+
+// pollSend takes a batch of the client's frames. The batch is checked
+// whole before any of it is applied: a request is applied entirely or
+// refused.
 func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p *pollLink) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.maxBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			http.Error(w, "tether: request body too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		http.Error(w, "tether: reading request body", http.StatusBadRequest)
+	body, ok := h.readBody(w, r, h.sendLimit(s))
+	if !ok {
 		return
 	}
-	fs, err := frame.DecodeBatch(body, h.opts.maxBatch, int(h.opts.readLimit)+64)
+	fs, err := parseSendBody(body, h.opts.maxBatch, h.opts.readLimit)
 	if err != nil {
-		http.Error(w, "tether: "+err.Error(), http.StatusBadRequest)
+		var se *sendError
+		errors.As(err, &se)
+		h.refuse(w, r, se.status, err.Error())
 		return
 	}
-	p.sendMu.Lock()
-	defer p.sendMu.Unlock()
-	for i := range fs {
-		if fs[i].Kind == frame.Hello {
-			http.Error(w, "tether: unexpected Hello frame", http.StatusBadRequest)
-			return
-		}
-		if fs[i].Kind == frame.Data && int64(len(fs[i].Payload)) > h.opts.readLimit {
-			http.Error(w, "tether: message too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		if err := s.receivePolled(&fs[i], p); err != nil {
-			status := http.StatusBadRequest
-			if errors.Is(err, errMoved) {
-				p.mu.Lock()
-				closed, code, reason := p.closed, p.code, p.reason
-				p.mu.Unlock()
-				if closed && code != 0 {
-					// The session ended while this request was on its way:
-					// say how, as its poll does, rather than that it moved.
-					writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: reason}})
-					return
-				}
-				status = http.StatusConflict
+	if err := s.receiveBatch(fs, p); err != nil {
+		status := http.StatusBadRequest
+		switch {
+		case errors.Is(err, errBeyondWindow):
+			status = http.StatusRequestEntityTooLarge
+		case errors.Is(err, errMoved):
+			p.mu.Lock()
+			closed, code, reason := p.closed, p.code, p.reason
+			p.mu.Unlock()
+			if closed && code != 0 {
+				// The session ended while this request was on its way:
+				// say how, as its poll does, rather than that it moved.
+				writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason)}})
+				return
 			}
-			http.Error(w, "tether: "+err.Error(), status)
-			return
+			status = http.StatusConflict
 		}
+		h.refuse(w, r, status, "tether: "+err.Error())
+		return
 	}
 	s.seq.mu.Lock()
 	ack := s.seq.ackFrame()
@@ -354,12 +444,17 @@ func (h *Handler) originAllowed(r *http.Request) bool {
 	return false
 }
 
-var errMoved = errors.New("session moved to another link")
+var (
+	errMoved        = errors.New("session moved to another link")
+	errBeyondWindow = errors.New("more than the session's window unacknowledged")
+)
 
-// receivePolled takes a frame from a polling request and delivers its
-// message to the session's reader, unless the session has moved on to
-// another link meanwhile.
-func (s *Session) receivePolled(f *frame.Frame, p *pollLink) error {
+// receiveBatch applies the frames of a polling send, delivering their new
+// messages to the session's reader, unless the session has moved on to
+// another link meanwhile. It checks the whole batch first (acks, sequence
+// numbers, room in the window for its new messages) and applies none of it
+// when any of it is wrong.
+func (s *Session) receiveBatch(fs []frame.Frame, p *pollLink) error {
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
 	s.linkMu.Lock()
@@ -368,10 +463,44 @@ func (s *Session) receivePolled(f *frame.Frame, p *pollLink) error {
 	if !current {
 		return errMoved
 	}
-	m, deliver, err := s.take(f)
-	if err != nil || !deliver {
-		return err
+	s.seq.mu.Lock()
+	sent, next := s.seq.nextSeq, s.seq.recv
+	s.seq.mu.Unlock()
+	var costs []int
+	for i := range fs {
+		f := &fs[i]
+		if f.Ack > sent {
+			return fmt.Errorf("tether: session: peer acknowledged %d of %d messages sent", f.Ack, sent)
+		}
+		if f.Kind == frame.Close {
+			break // what follows a Close is not taken
+		}
+		if f.Kind != frame.Data || f.Seq <= next {
+			continue
+		}
+		if f.Seq != next+1 {
+			return fmt.Errorf("%w: got %d after %d", errGap, f.Seq, next)
+		}
+		next++
+		costs = append(costs, msgOverhead+bufSize(len(f.Payload)))
 	}
-	s.rd.deliver(m, s.h.opts.inbox, s.ctx.Done())
+	if !s.rd.roomFor(costs, s.win) {
+		return errBeyondWindow
+	}
+	for i := range fs {
+		m, deliver, err := s.take(&fs[i])
+		if err != nil {
+			return err
+		}
+		if deliver {
+			m.p = payloadCopy(m.p, false) // not the request body's: that is let go
+			if !s.rd.deliver(m, s.win) {
+				return errBeyondWindow // not after roomFor: only Reads change it
+			}
+		}
+		if fs[i].Kind == frame.Close {
+			break
+		}
+	}
 	return nil
 }

@@ -73,8 +73,11 @@ func (h *Handler) Stats() HandlerStats {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st.Sessions = len(h.sessions)
 	for _, s := range h.sessions {
+		if s.plain {
+			continue // counted in PlainClients
+		}
+		st.Sessions++
 		s.linkMu.Lock()
 		switch {
 		case s.ws != nil:

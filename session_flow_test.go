@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tetherws/tether"
-	"github.com/tetherws/tether/internal/frame"
 )
 
 // A pipelined stream through an echo whose replay buffer is small: the
@@ -47,43 +46,6 @@ func TestSessionPipelineWithSmallReplayBuffers(t *testing.T) {
 		require.Equal(t, fmt.Sprintf("%08d", i), string(p[:8]))
 	}
 	require.NoError(t, <-werr)
-}
-
-// A client that ignores the replay window and floods a Session that never
-// reads is pushed back: the Handler reads ahead only as much as an honest
-// client can send unacknowledged, then stops reading, and the flood's
-// writes stall instead of filling the server's memory.
-func TestSessionFloodIsPushedBack(t *testing.T) {
-	t.Parallel()
-	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
-		<-ctx.Done() // never reads
-	})
-	ctx := ctxT(t, 30*time.Second)
-	ws, _, err := websocket.Dial(ctx, ss.URL(), &websocket.DialOptions{Subprotocols: []string{tether.Subprotocol}})
-	require.NoError(t, err)
-	defer ws.CloseNow()
-	_, hello, err := ws.Read(ctx)
-	require.NoError(t, err)
-	f, err := frame.Decode(hello)
-	require.NoError(t, err)
-	require.Equal(t, frame.Hello, f.Kind)
-
-	// Far more than the Handler's read-ahead (the client window, 4 MiB)
-	// and the sockets' buffers together.
-	const limit = 256 << 20
-	payload := make([]byte, 16<<10)
-	sent := 0
-	for seq := uint64(1); sent < limit; seq++ {
-		wctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := ws.Write(wctx, websocket.MessageBinary, frame.Append(nil, &frame.Frame{Kind: frame.Data, Seq: seq, Binary: true, Payload: payload}))
-		cancel()
-		if err != nil {
-			t.Logf("the flood stalled after %d MiB", sent>>20)
-			return
-		}
-		sent += len(payload)
-	}
-	t.Fatalf("the Handler took %d MiB from a client that ignores the window, without pushing back", sent>>20)
 }
 
 // smallBuffers is a listener whose connections have 64 KiB socket buffers,
@@ -202,5 +164,73 @@ func TestSessionBothSidesReplayMegabytes(t *testing.T) {
 		require.NoError(t, err)
 	case <-ctx.Done():
 		t.Fatal("the server did not read the client's messages")
+	}
+}
+
+// A client writes far more than the session's window to a Session that does
+// not read for a while. The client keeps to the window the Handler
+// advertises, and the Handler reads ahead that much, so the client's pings
+// are answered throughout: no heartbeat timeout, no reconnect, and every
+// message arrives once serve reads again.
+func TestSessionWindowKeepsPingsFlowing(t *testing.T) {
+	t.Parallel()
+	const n, size = 400, 1025 // 400 buffers of 1.5 KiB: ten windows of 64 KiB
+	pause := make(chan struct{})
+	got := make(chan error, 1)
+	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
+		select {
+		case <-pause:
+		case <-ctx.Done():
+			return
+		}
+		for i := range n {
+			_, p, err := s.Read(ctx)
+			if err != nil {
+				got <- err
+				return
+			}
+			if want := fmt.Sprintf("%08d", i); string(p[:8]) != want {
+				got <- fmt.Errorf("read %q, want %q", p[:8], want)
+				return
+			}
+		}
+		got <- nil
+		<-ctx.Done()
+	}, tether.WithReplayBuffer(64<<10))
+	ev := newEvents()
+	c := dial(t, ss.URL(), ev.option(), tether.WithHeartbeat(50*time.Millisecond, 250*time.Millisecond))
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	ctx := ctxT(t, 30*time.Second)
+	werr := make(chan error, 1)
+	go func() {
+		msg := make([]byte, size)
+		for i := range n {
+			copy(msg, fmt.Sprintf("%08d", i))
+			if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- nil
+	}()
+	// The client fills its window at once, then pings every 50 ms.
+	eventually(t, 10*time.Second, func() bool { return c.Stats().PingsAnswered >= 12 }, "pings answered while serve does not read")
+	select {
+	case err := <-werr:
+		t.Fatalf("the writer finished while serve did not read: %v", err)
+	default:
+	}
+	require.Zero(t, c.Stats().Reconnects, "the link held while serve did not read")
+	close(pause)
+	select {
+	case err := <-got:
+		require.NoError(t, err)
+	case <-ctx.Done():
+		t.Fatal("serve did not get every message")
+	}
+	require.NoError(t, <-werr)
+	require.Zero(t, c.Stats().Reconnects)
+	for _, e := range ev.list() {
+		require.NotEqual(t, tether.Reconnecting, e.To, "%v", e.Cause)
 	}
 }

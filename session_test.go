@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -172,12 +173,22 @@ func numbered(n int, got chan string) func(ctx context.Context, s *tether.Sessio
 	}
 }
 
-// Repeated TCP resets on WebSocket: every message both ways exactly once.
+// Repeated TCP resets on WebSocket: every message both ways exactly once,
+// and one reconnect per reset, no more: a replay that skipped a message
+// would be caught by gap detection, which costs a reconnect of its own.
 func TestSessionExactlyOnceThroughResets(t *testing.T) {
 	t.Parallel()
 	const n = 2000
 	got := make(chan string, n+10)
 	ss := newSessionServer(t, numbered(n, got))
+	var handshakes atomic.Int64
+	inner := ss.srv.Config.Handler
+	ss.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			handshakes.Add(1)
+		}
+		inner.ServeHTTP(w, r)
+	})
 	p, err := faultnetListen(ss.Addr())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
@@ -193,8 +204,24 @@ func TestSessionExactlyOnceThroughResets(t *testing.T) {
 		resets++
 		eventually(t, 10*time.Second, func() bool { return c.Stats().Reconnects > before }, "a new link after the reset")
 	})
-	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(resets))
+	require.Equal(t, uint64(resets), c.Stats().Reconnects, "one reconnect per reset")
+	require.Equal(t, int64(resets+1), handshakes.Load(), "one handshake per link")
 	for _, sc := range ev.list() {
 		require.NotErrorIs(t, sc.Cause, tether.ErrSessionLost)
 	}
+}
+
+// Long polling carries both streams exactly once without a reconnect: every
+// poll answers what the client has not acknowledged, and a poll that skipped
+// a message would cost a reconnect.
+func TestSessionPollingExactlyOnce(t *testing.T) {
+	t.Parallel()
+	const n = 1000
+	got := make(chan string, n+10)
+	ss := newSessionServer(t, numbered(n, got))
+	ss.setBlock(true)
+	c := dial(t, ss.URL(), tether.WithFallback(""))
+	require.Equal(t, tether.Polling, c.Transport())
+	streams(t, c, got, n, 100, nil)
+	require.Zero(t, c.Stats().Reconnects)
 }

@@ -14,7 +14,7 @@ type Kind uint8
 
 const (
 	// Hello is sent by the server as the first frame on every link: session
-	// id, resume secret, Status, and the server's ack.
+	// id, resume secret, Status, the server's ack, and the session's window.
 	Hello Kind = 1
 	// Data is a numbered application message.
 	Data Kind = 2
@@ -102,6 +102,14 @@ type Frame struct {
 	Session [16]byte
 	Secret  [16]byte
 
+	// WindowBytes and WindowMessages, in a Hello, are the session's window:
+	// how much each side may send without acknowledgement, in bytes as the
+	// tether package counts them and in messages. Both are zero when the
+	// Hello does not say (it is then encoded without them); when present,
+	// both are at least 1.
+	WindowBytes    uint64
+	WindowMessages uint64
+
 	// Code and Reason are the fields of a Close: a WebSocket close code and
 	// a UTF-8 reason of at most MaxReason bytes.
 	Code   uint16
@@ -125,6 +133,10 @@ func Append(dst []byte, f *Frame) []byte {
 		dst = append(dst, f.Session[:]...)
 		dst = append(dst, f.Secret[:]...)
 		dst = binary.AppendUvarint(dst, f.Ack)
+		if f.WindowBytes != 0 {
+			dst = binary.AppendUvarint(dst, f.WindowBytes)
+			dst = binary.AppendUvarint(dst, f.WindowMessages)
+		}
 	case Data:
 		var flags byte
 		if f.Binary {
@@ -150,7 +162,11 @@ func Append(dst []byte, f *Frame) []byte {
 func size(f *Frame) int {
 	switch f.Kind {
 	case Hello:
-		return 1 + helloFixed + uvarintLen(f.Ack)
+		n := 1 + helloFixed + uvarintLen(f.Ack)
+		if f.WindowBytes != 0 {
+			n += uvarintLen(f.WindowBytes) + uvarintLen(f.WindowMessages)
+		}
+		return n
 	case Data:
 		return 2 + uvarintLen(f.Seq) + uvarintLen(f.Ack) + len(f.Payload)
 	case Ack:
@@ -188,6 +204,22 @@ func Decode(b []byte) (Frame, error) {
 		copy(f.Secret[:], rest[17:33])
 		if f.Ack, rest, err = uvarint(rest[helloFixed:], "hello ack"); err != nil {
 			return Frame{}, err
+		}
+		if len(rest) != 0 {
+			// The window, which a Hello may leave out, but never as zeros:
+			// every Hello has one encoding.
+			if f.WindowBytes, rest, err = uvarint(rest, "hello window bytes"); err != nil {
+				return Frame{}, err
+			}
+			if f.WindowBytes == 0 {
+				return Frame{}, fmt.Errorf("%w: hello with a window of 0 bytes", ErrMalformed)
+			}
+			if f.WindowMessages, rest, err = uvarint(rest, "hello window messages"); err != nil {
+				return Frame{}, err
+			}
+			if f.WindowMessages == 0 {
+				return Frame{}, fmt.Errorf("%w: hello with a window of 0 messages", ErrMalformed)
+			}
 		}
 		if len(rest) != 0 {
 			return Frame{}, trailing(f.Kind, len(rest))

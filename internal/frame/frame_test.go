@@ -26,6 +26,8 @@ func validFrames() map[string]Frame {
 		"hello new":          {Kind: Hello, Status: StatusNew, Session: session, Secret: secret},
 		"hello resumed":      {Kind: Hello, Status: StatusResumed, Session: session, Secret: secret, Ack: 300},
 		"hello lost max ack": {Kind: Hello, Status: StatusLost, Session: session, Secret: secret, Ack: math.MaxUint64},
+		"hello window":       {Kind: Hello, Status: StatusNew, Session: session, Secret: secret, WindowBytes: 4 << 20, WindowMessages: 4096},
+		"hello max window":   {Kind: Hello, Status: StatusResumed, Session: session, Secret: secret, Ack: 9, WindowBytes: math.MaxUint64, WindowMessages: math.MaxUint64},
 		"data empty":         {Kind: Data, Seq: 1},
 		"data text":          {Kind: Data, Seq: 1, Payload: []byte("hi")},
 		"data binary":        {Kind: Data, Seq: 128, Ack: 127, Binary: true, Payload: []byte{0, 0xff}},
@@ -75,7 +77,7 @@ func TestRoundTrip(t *testing.T) {
 func TestAppendIgnoresUnusedFields(t *testing.T) {
 	t.Parallel()
 	junk := Frame{Seq: 9, Ack: 5, Binary: true, Payload: []byte("p"), Status: StatusLost,
-		Session: session, Secret: secret, Code: 1000, Reason: "r"}
+		Session: session, Secret: secret, WindowBytes: 7, WindowMessages: 3, Code: 1000, Reason: "r"}
 	for _, k := range []Kind{Hello, Data, Ack, Close} {
 		f := junk
 		f.Kind = k
@@ -86,7 +88,7 @@ func TestAppendIgnoresUnusedFields(t *testing.T) {
 		clean := got
 		switch k {
 		case Hello:
-			clean = Frame{Kind: k, Ack: 5, Status: StatusLost, Session: session, Secret: secret}
+			clean = Frame{Kind: k, Ack: 5, Status: StatusLost, Session: session, Secret: secret, WindowBytes: 7, WindowMessages: 3}
 		case Data:
 			clean = Frame{Kind: k, Ack: 5, Seq: 9, Binary: true, Payload: []byte("p")}
 		case Ack:
@@ -136,6 +138,7 @@ func TestGolden(t *testing.T) {
 	frames := map[string]Frame{
 		"hello_new":     {Kind: Hello, Status: StatusNew, Session: session, Secret: secret},
 		"hello_resumed": {Kind: Hello, Status: StatusResumed, Session: session, Secret: secret, Ack: 300},
+		"hello_window":  {Kind: Hello, Status: StatusResumed, Session: session, Secret: secret, Ack: 300, WindowBytes: 4 << 20, WindowMessages: 4096},
 		"data_text":     {Kind: Data, Seq: 1, Payload: []byte("hi")},
 		"data_binary":   {Kind: Data, Seq: 128, Ack: 127, Binary: true, Payload: []byte{0, 0xff}},
 		"ack_max":       {Kind: Ack, Ack: math.MaxUint64},
@@ -195,6 +198,11 @@ func TestDecodeErrors(t *testing.T) {
 		{"hello status 0", mustHex("01 00" + keys + "00"), ErrMalformed},
 		{"hello status 4", mustHex("01 04" + keys + "00"), ErrMalformed},
 		{"hello trailing", mustHex("01 01" + keys + "00 00"), ErrMalformed},
+		{"hello window of 0 bytes", mustHex("01 01" + keys + "00 00 01"), ErrMalformed},
+		{"hello window without messages", mustHex("01 01" + keys + "00 01"), ErrShort},
+		{"hello window of 0 messages", mustHex("01 01" + keys + "00 01 00"), ErrMalformed},
+		{"hello window overlong", mustHex("01 01" + keys + "00 8100 01"), ErrMalformed},
+		{"hello window trailing", mustHex("01 01" + keys + "00 01 01 00"), ErrMalformed},
 		{"hello overlong ack", mustHex("01 01" + keys + "80 00"), ErrMalformed},
 
 		{"data kind only", mustHex("02"), ErrShort},
@@ -237,7 +245,9 @@ func TestDecodeErrors(t *testing.T) {
 
 // TestTruncation cuts valid frames at every offset: a cut in the header is an
 // error, and a cut in a payload or reason, which run to the end of the frame,
-// is either an error (a split rune) or the same frame with less payload.
+// is either an error (a split rune) or the same frame with less payload. A
+// Hello's window is optional: a cut just before it leaves a Hello without
+// one.
 func TestTruncation(t *testing.T) {
 	t.Parallel()
 	frames := validFrames()
@@ -247,8 +257,15 @@ func TestTruncation(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			b := Append(nil, &f)
+			noWindow := f
+			noWindow.WindowBytes, noWindow.WindowMessages = 0, 0
 			for n := range len(b) {
 				got, err := Decode(b[:n])
+				if f.Kind == Hello && f.WindowBytes != 0 && n == size(&noWindow) {
+					require.NoError(t, err)
+					requireFrame(t, noWindow, got)
+					continue
+				}
 				if n < headerLen(&f) {
 					require.Error(t, err, "cut at %d", n)
 					continue

@@ -46,6 +46,8 @@ func FuzzRoundTrip(f *testing.F) {
 	f.Add(uint8(2), uint64(0), uint64(42), false, []byte(nil), uint8(0), []byte(nil), []byte(nil), uint16(0), "")
 	f.Add(uint8(3), uint64(0), uint64(5), false, []byte(nil), uint8(0), []byte(nil), []byte(nil), uint16(1000), "bye")
 	f.Add(uint8(3), uint64(0), uint64(5), false, []byte(nil), uint8(0), []byte(nil), []byte(nil), uint16(4000), "\xff")
+	f.Add(uint8(0), uint64(4<<20), uint64(7), false, []byte(nil), uint8(2), session[:], secret[:], uint16(4096), "")
+	f.Add(uint8(0), uint64(1), uint64(7), false, []byte(nil), uint8(2), session[:], secret[:], uint16(0), "")
 	f.Fuzz(func(t *testing.T, kind uint8, seq, ack uint64, binary bool, payload []byte,
 		status uint8, sess, sec []byte, code uint16, reason string) {
 		fr := Frame{Kind: Kind(kind%4 + 1), Ack: ack}
@@ -55,7 +57,12 @@ func FuzzRoundTrip(f *testing.F) {
 			fr.Status = Status(status)
 			copy(fr.Session[:], sess)
 			copy(fr.Secret[:], sec)
-			valid = fr.Status >= StatusNew && fr.Status <= StatusLost
+			// The window borrows seq and code: present when seq is not 0.
+			fr.WindowBytes = seq
+			if seq != 0 {
+				fr.WindowMessages = uint64(code)
+			}
+			valid = fr.Status >= StatusNew && fr.Status <= StatusLost && (seq == 0 || code != 0)
 		case Data:
 			fr.Seq, fr.Binary, fr.Payload = seq, binary, payload
 			valid = seq != 0

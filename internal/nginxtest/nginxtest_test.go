@@ -86,9 +86,19 @@ func TestStartStop(t *testing.T) {
 			t.Errorf("headers %v: want X-Greeting from Data and an nginx Server", h)
 		}
 	}
-	log, err := ng.File("access.log")
-	if err != nil {
-		t.Fatal(err)
+	// nginx logs a request once it has answered it, so the line may come a
+	// moment after the client has the answer.
+	var log string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var err error
+		if log, err = ng.File("access.log"); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(log, "GET /1/y") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if !strings.Contains(log, "GET /1/y") {
 		t.Errorf("access log lacks the request:\n%s", log)

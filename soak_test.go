@@ -1,0 +1,333 @@
+package tether_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tetherws/tether"
+	"github.com/tetherws/tether/internal/faultnet"
+)
+
+// The soak: many Conns in session mode against one Handler, through
+// faultnet proxies that reset, blackhole and delay their connections, while
+// the Handler now and then refuses WebSocket so that Conns fall back to long
+// polling and later come back. Both sides send numbered messages all along;
+// every message must arrive exactly once, in order, and no session may be
+// lost. The short form runs with the suite; TETHER_SOAK=10m runs the long
+// form, 1,000 Conns for that long (TETHER_SOAK_CONNS changes the number),
+// and logs its totals:
+//
+//	TETHER_SOAK=10m go test -run TestSoak -timeout 30m -v .
+
+// soakStats are the soak's totals.
+type soakStats struct {
+	toServer, toClient  atomic.Int64
+	resets, blackholes  atomic.Int64
+	delays, blocks      atomic.Int64
+	violations          atomic.Int64
+	switchesToPolling   atomic.Int64
+	switchesToWebSocket atomic.Int64
+	lost                atomic.Int64
+
+	mu     sync.Mutex
+	errors []string
+}
+
+func (s *soakStats) fail(format string, args ...any) {
+	s.violations.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.errors) < 20 {
+		s.errors = append(s.errors, fmt.Sprintf(format, args...))
+	}
+}
+
+// soakServe checks the client's numbered messages ("c<n>") and sends its own
+// ("s<n>"); on "fin <n>" it checks it has had n, answers "fin <m>" with the
+// number it sent, and waits for the session to end.
+func soakServe(st *soakStats, every time.Duration) func(ctx context.Context, s *tether.Session) {
+	return func(ctx context.Context, s *tether.Session) {
+		var sent atomic.Int64
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				n := sent.Load() + 1
+				if s.Write(ctx, websocket.MessageText, []byte("s"+strconv.FormatInt(n, 10))) != nil {
+					return
+				}
+				sent.Store(n)
+				st.toClient.Add(1)
+			}
+		}()
+		defer func() { <-done }()
+		var got int64
+		for {
+			_, p, err := s.Read(ctx)
+			if err != nil {
+				close(stop)
+				if errors.Is(err, tether.ErrSessionLost) {
+					st.lost.Add(1)
+					st.fail("session %s lost: %v", s.ID(), err)
+				}
+				return
+			}
+			msg := string(p)
+			if n, ok := strings.CutPrefix(msg, "fin "); ok {
+				close(stop)
+				<-done
+				if want, _ := strconv.ParseInt(n, 10, 64); want != got {
+					st.fail("session %s: client sent %d, server got %d", s.ID(), want, got)
+				}
+				_ = s.Write(ctx, websocket.MessageText, []byte("fin "+strconv.FormatInt(sent.Load(), 10)))
+				<-ctx.Done()
+				return
+			}
+			n, err := strconv.ParseInt(strings.TrimPrefix(msg, "c"), 10, 64)
+			if err != nil || n != got+1 {
+				st.fail("session %s: got %q after c%d", s.ID(), msg, got)
+			}
+			got = n
+			st.toServer.Add(1)
+		}
+	}
+}
+
+func TestSoak(t *testing.T) {
+	t.Parallel()
+	conns, dur, every := 12, 2*time.Second, 50*time.Millisecond
+	long := os.Getenv("TETHER_SOAK") != ""
+	if long {
+		d, err := time.ParseDuration(os.Getenv("TETHER_SOAK"))
+		require.NoError(t, err, "TETHER_SOAK")
+		conns, dur, every = 1000, d, 500*time.Millisecond
+		if v := os.Getenv("TETHER_SOAK_CONNS"); v != "" {
+			conns, err = strconv.Atoi(v)
+			require.NoError(t, err, "TETHER_SOAK_CONNS")
+		}
+	}
+	var st soakStats
+	hopts := []tether.HandlerOption{tether.WithHandlerHeartbeat(time.Second, 2*time.Second)}
+	if path := os.Getenv("TETHER_SOAK_LOG"); path != "" {
+		f, err := os.Create(path)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = f.Close() })
+		hopts = append(hopts, tether.WithHandlerLogger(slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	ss := newSessionServer(t, soakServe(&st, every), hopts...)
+	const nproxies = 4
+	proxies := make([]*faultnet.Proxy, nproxies)
+	for i := range proxies {
+		proxies[i] = lostProxy(t, ss.Addr())
+	}
+
+	jittered := func(d time.Duration) func() backoff.BackOff {
+		return func() backoff.BackOff {
+			return &backoff.ConstantBackOff{Interval: d/2 + rand.N(d)}
+		}
+	}
+	type client struct {
+		c    *tether.Conn
+		sent atomic.Int64
+		got  int64
+	}
+	clients := make([]*client, conns)
+	ctx, cancel := context.WithTimeout(context.Background(), dur+5*time.Minute)
+	defer cancel()
+	var dialWG sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := range clients {
+		cl := &client{}
+		clients[i] = cl
+		dialWG.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer dialWG.Done()
+			defer func() { <-sem }()
+			hook := func(sc tether.StateChange) {
+				if errors.Is(sc.Cause, tether.ErrSessionLost) {
+					st.lost.Add(1)
+					st.fail("conn %d: %v", i, sc.Cause)
+				}
+				if sc.From == tether.Connected && sc.To == tether.Connected {
+					st.switchesToWebSocket.Add(1)
+				} else if sc.To == tether.Connected && sc.Transport == tether.Polling {
+					st.switchesToPolling.Add(1)
+				}
+			}
+			c, err := tether.Dial(ctx, "ws://"+proxies[i%nproxies].Addr(),
+				tether.WithBackoff(jittered(200*time.Millisecond)),
+				tether.WithProbeBackoff(jittered(2*time.Second)),
+				tether.WithHeartbeat(500*time.Millisecond, time.Second),
+				tether.WithHandshakeTimeout(2*time.Second),
+				tether.WithFallback(""),
+				tether.WithStateHook(hook))
+			if err != nil {
+				st.fail("conn %d: dial: %v", i, err)
+				return
+			}
+			cl.c = c
+		}()
+	}
+	dialWG.Wait()
+	require.Zero(t, st.violations.Load(), "%v", st.errors)
+	t.Cleanup(func() {
+		for _, cl := range clients {
+			_ = cl.c.CloseNow()
+		}
+	})
+
+	// Traffic both ways.
+	stopWriting := make(chan struct{})
+	finSeen := make(chan int64, conns)
+	var traffic sync.WaitGroup
+	for i, cl := range clients {
+		traffic.Add(2)
+		go func() {
+			defer traffic.Done()
+			t := time.NewTicker(every/2 + rand.N(every))
+			defer t.Stop()
+			for {
+				select {
+				case <-stopWriting:
+					return
+				case <-t.C:
+				}
+				n := cl.sent.Load() + 1
+				if err := cl.c.Write(ctx, websocket.MessageText, []byte("c"+strconv.FormatInt(n, 10))); err != nil {
+					st.fail("conn %d: write: %v", i, err)
+					return
+				}
+				cl.sent.Store(n)
+			}
+		}()
+		go func() {
+			defer traffic.Done()
+			for {
+				_, p, err := cl.c.Read(ctx)
+				if err != nil {
+					if !errors.Is(err, tether.ErrSessionLost) {
+						st.fail("conn %d: read: %v", i, err)
+						return
+					}
+					continue
+				}
+				msg := string(p)
+				if n, ok := strings.CutPrefix(msg, "fin "); ok {
+					if want, _ := strconv.ParseInt(n, 10, 64); want != cl.got {
+						st.fail("conn %d: server sent %d, client got %d", i, want, cl.got)
+					}
+					finSeen <- cl.got
+					return
+				}
+				n, err := strconv.ParseInt(strings.TrimPrefix(msg, "s"), 10, 64)
+				if err != nil || n != cl.got+1 {
+					st.fail("conn %d: got %q after s%d", i, msg, cl.got)
+				}
+				cl.got = n
+			}
+		}()
+	}
+
+	// Faults, one at a time, until the time is up: first one of each kind,
+	// then at random.
+	end := time.Now().Add(dur)
+	for step := 0; step < 5 || time.Now().Before(end); step++ {
+		p := proxies[rand.N(nproxies)]
+		kind := step
+		if step >= 5 {
+			kind = rand.N(5)
+		}
+		switch kind {
+		case 0, 1:
+			p.Reset()
+			st.resets.Add(1)
+			time.Sleep(300 * time.Millisecond)
+		case 2: // longer than the client's heartbeat timeout
+			p.Blackhole(true)
+			st.blackholes.Add(1)
+			time.Sleep(1500 * time.Millisecond)
+			p.Blackhole(false)
+		case 3:
+			p.SetDelay(20 * time.Millisecond)
+			st.delays.Add(1)
+			time.Sleep(time.Second)
+			p.SetDelay(0)
+		case 4: // WebSocket refused for a while: Conns that reconnect fall back
+			ss.setBlock(true)
+			p.Reset()
+			st.blocks.Add(1)
+			time.Sleep(2 * time.Second)
+			ss.setBlock(false)
+		}
+		time.Sleep(time.Duration(rand.N(int64(500 * time.Millisecond))))
+	}
+
+	// Calm: every Conn sends "fin" with its count, and reads the server's.
+	close(stopWriting)
+	finDeadline := time.After(3 * time.Minute)
+	traffic.Add(1)
+	go func() {
+		defer traffic.Done()
+		for _, cl := range clients {
+			// Its writer has stopped: sent is final.
+			_ = cl.c.Write(ctx, websocket.MessageText, []byte("fin "+strconv.FormatInt(cl.sent.Load(), 10)))
+		}
+	}()
+	for i := range conns {
+		select {
+		case <-finSeen:
+		case <-finDeadline:
+			t.Fatalf("only %d of %d Conns finished; violations: %v", i, conns, st.errors)
+		}
+	}
+	var reconnects, dials uint64
+	polling := 0
+	for _, cl := range clients {
+		s := cl.c.Stats()
+		reconnects += s.Reconnects
+		dials += s.Dials
+		if cl.c.Transport() == tether.Polling {
+			polling++
+		}
+	}
+	t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients, exactly once; "+
+		"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
+		"%d moves to polling, %d back to WebSocket (%d on polling at the end); %d sessions lost; %d violations",
+		conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
+		st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
+		st.switchesToWebSocket.Load(), polling, st.lost.Load(), st.violations.Load())
+	require.Zero(t, st.violations.Load(), "%v", st.errors)
+	require.Zero(t, st.lost.Load())
+	require.Positive(t, st.toServer.Load())
+	require.Positive(t, st.toClient.Load())
+	for _, cl := range clients {
+		_ = cl.c.Close(websocket.StatusNormalClosure, "")
+	}
+	close(finSeen)
+	traffic.Wait()
+}
