@@ -70,6 +70,12 @@ type Conn struct {
 
 	closeReadCtx context.Context // set by the first CloseRead
 
+	// wslot is held while a Writer is open (see Writer); writerOpen says
+	// so without a lock, for Write.
+	wslot      chan struct{}
+	writerOpen atomic.Bool
+	mw         *msgWriter // the Writer's, made on first use
+
 	stats counters
 }
 
@@ -119,6 +125,7 @@ func newConn(u string, o *options) *Conn {
 	c.queue.max = o.queueBytes
 	c.rd = newReader()
 	c.rd.onTake = c.took
+	c.rd.conn = c
 	c.stateSince = time.Now()
 	return c
 }

@@ -44,6 +44,13 @@ var (
 	// ErrSessionLost reports that a session could not be resumed and messages
 	// may have been lost in between.
 	ErrSessionLost = errors.New("tether: session lost")
+
+	// ErrLinkLost is wrapped, beside the link's own error, by the error of
+	// a plain-mode Reader's Read when the link was lost in the middle of
+	// its message (the rest of that message is gone; the next Reader gets
+	// the next message, on the next link), and by the errors of a NetConn
+	// in plain mode once the link it ran on is lost.
+	ErrLinkLost = errors.New("tether: link lost")
 )
 
 // HandshakeError reports a WebSocket handshake that the server answered with

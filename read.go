@@ -25,6 +25,11 @@ type message struct {
 	p     []byte
 	err   error
 	owner *seqState // the session the message belongs to, if any
+	from  *liveLink // the link it was read from, if known
+	// body, for a Reader on a plain link, is the message's body still in
+	// the socket: its header has been read, the rest is read as the
+	// application asks (see stream).
+	body io.Reader
 }
 
 // reader serves Read calls from whichever link is current, for a Conn and,
@@ -42,6 +47,17 @@ type reader struct {
 	tooBig       error         // a message over the read limit, reported once by Read
 	held         *heldMsg      // a plain message begun but left unread (see hold)
 	discard      bool          // CloseRead was called: messages are read and dropped
+
+	// A message handed to a Reader and not yet read to its end (see
+	// stream). While its body is in the socket (openLink set), nobody else
+	// may read the link.
+	opened   bool
+	openLink *liveLink
+	bodyRead bool    // the application is reading the open message's body
+	sr       *stream // the Reader's io.Reader, made on first use
+	conn     *Conn   // the Conn whose reader this is; nil on the server
+
+	toldTooBig bool // a Reader reported a message over the read limit itself
 
 	// onTake, if set, is called on the Read's goroutine for every message of
 	// a session that Read returns: the message is acknowledged once read.
@@ -72,6 +88,14 @@ type heldMsg struct {
 
 // errReadClosed is what Read returns after CloseRead.
 var errReadClosed = errors.New("tether: read: CloseRead was called; messages are discarded")
+
+// errNotRead is what Read and Reader return while the message of the last
+// Reader has not been read to its end, as *websocket.Conn's do.
+var errNotRead = errors.New("tether: read: previous message not read to completion")
+
+// errPinLost is what a read pinned to a link gets once that link is gone
+// (see NetConn).
+var errPinLost = errors.New("tether: read: the link is gone")
 
 func newReader() *reader {
 	r := &reader{
@@ -132,7 +156,13 @@ func (c *Conn) Read(ctx context.Context) (websocket.MessageType, []byte, error) 
 }
 
 // read returns the next message, or why there is none.
-func (r *reader) read(ctx context.Context) message {
+func (r *reader) read(ctx context.Context) message { return r.next(ctx, false, nil) }
+
+// next returns the next message. With stream set, a message of a plain link
+// may come with its body still in the socket (m.body), and the reader holds
+// it open until the application has read it to its end. With pin set, next
+// returns errPinLost instead of anything that did not come from pin.
+func (r *reader) next(ctx context.Context, stream bool, pin *liveLink) message {
 	select {
 	case r.sem <- struct{}{}:
 	default:
@@ -142,7 +172,10 @@ func (r *reader) read(ctx context.Context) message {
 			return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}
 		}
 	}
-	m := r.readLocked(ctx)
+	m := r.readLocked(ctx, stream, pin)
+	if stream && m.err == nil {
+		r.openStream(&m)
+	}
 	<-r.sem
 	if m.owner != nil && r.onTake != nil {
 		r.onTake(m.owner, len(m.p))
@@ -150,7 +183,7 @@ func (r *reader) read(ctx context.Context) message {
 	return m
 }
 
-func (r *reader) readLocked(ctx context.Context) message {
+func (r *reader) readLocked(ctx context.Context, stream bool, pin *liveLink) message {
 	cancellable := ctx.Done() != nil
 	r.mu.Lock()
 	r.inRead = true
@@ -158,12 +191,23 @@ func (r *reader) readLocked(ctx context.Context) message {
 		if r.discard {
 			return r.leave(message{err: errReadClosed})
 		}
+		if r.opened {
+			if r.openLink == nil || r.openLink == r.link {
+				return r.leave(message{err: errNotRead})
+			}
+			// Its link is gone: the message was cut, and the Reader that
+			// has it says so.
+			r.opened, r.openLink = false, nil
+		}
 		// A message waiting is kept for the next Read once ctx has ended:
 		// a read loop stopped by its ctx stops, however fast messages come.
 		if cancellable && ctx.Err() != nil {
 			return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
 		}
 		if len(r.pending) > 0 {
+			if pin != nil && r.pending[0].from != pin {
+				return r.leave(message{err: errPinLost})
+			}
 			m := r.pending[0]
 			r.pending[0] = message{}
 			r.pending = r.pending[1:]
@@ -174,9 +218,16 @@ func (r *reader) readLocked(ctx context.Context) message {
 			return r.leave(m)
 		}
 		if h := r.held; h != nil && h.l == r.link {
+			if pin != nil && h.l != pin {
+				return r.leave(message{err: errPinLost})
+			}
+			r.held = nil
+			if stream {
+				r.opened, r.openLink = true, h.l
+				return r.leave(message{typ: h.typ, body: h.r, from: h.l})
+			}
 			// The message after those read ahead: its frame has begun, so
 			// it is read to its end whatever ctx does.
-			r.held = nil
 			r.direct = true
 			r.mu.Unlock()
 			p, err := io.ReadAll(h.r)
@@ -206,6 +257,9 @@ func (r *reader) readLocked(ctx context.Context) message {
 			return r.leave(message{err: r.final})
 		}
 		l := r.link
+		if pin != nil && l != pin {
+			return r.leave(message{err: errPinLost})
+		}
 		if l == nil {
 			up, more := r.up, r.moreChan()
 			r.mu.Unlock()
@@ -235,8 +289,7 @@ func (r *reader) readLocked(ctx context.Context) message {
 		r.direct = true
 		r.mu.Unlock()
 		var (
-			typ         websocket.MessageType
-			p           []byte
+			m           message
 			err         error
 			interrupted bool
 		)
@@ -252,16 +305,19 @@ func (r *reader) readLocked(ctx context.Context) message {
 				r.direct = false
 				return r.leave(message{err: fmt.Errorf("tether: read: %w", ctx.Err())})
 			}
-			typ, p, err = l.Read(context.Background())
+			m, err = readLink(l, stream)
 			interrupted = w.unguard()
 		} else {
-			typ, p, err = l.Read(context.Background())
+			m, err = readLink(l, stream)
 		}
 		r.mu.Lock()
 		r.direct = false
 		if err == nil {
 			l.touch()
-			return r.leave(message{typ: typ, p: p, owner: l.seq})
+			if m.body != nil {
+				r.opened, r.openLink = true, l
+			}
+			return r.leave(m)
 		}
 		if interrupted {
 			// The link is intact: nothing of a frame had been read.
@@ -275,6 +331,17 @@ func (r *reader) readLocked(ctx context.Context) message {
 		l.fail(err)
 		r.mu.Lock()
 	}
+}
+
+// readLink reads the next message of l on the caller's goroutine: on a
+// plain link, for a stream, only as far as the message's header.
+func readLink(l *liveLink, stream bool) (message, error) {
+	if ws, ok := l.link.(*websocket.Conn); ok && stream {
+		typ, body, err := ws.Reader(context.Background())
+		return message{typ: typ, body: body, from: l}, err
+	}
+	typ, p, err := l.Read(context.Background())
+	return message{typ: typ, p: p, owner: l.seq, from: l}, err
 }
 
 // await waits, with r.mu held on entry and exit, for the background reader's
@@ -310,14 +377,20 @@ func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
 // leave ends a Read call; r.mu is held on entry and released.
 func (r *reader) leave(m message) message {
 	r.inRead = false
+	r.settle()
+	r.mu.Unlock()
+	return m
+}
+
+// settle counts a finished Read and makes sure the watchdog looks at the
+// link later; r.mu is held.
+func (r *reader) settle() {
 	r.readsDone++
 	if !r.armed && r.link != nil && !r.bg {
 		r.armed = true
 		r.seenByWatch = r.readsDone
 		r.watchdog.Reset(r.idle)
 	}
-	r.mu.Unlock()
-	return m
 }
 
 // watch runs from the watchdog timer: when nobody has read the link for a
@@ -331,7 +404,8 @@ func (r *reader) watch() {
 		r.idle = min(2*r.idle, readerIdleMax)
 		return
 	}
-	if r.bg || r.link == nil || r.final != nil || r.held != nil {
+	if r.bg || r.link == nil || r.final != nil || r.held != nil || r.openLink != nil {
+		// An open stream's end arms the watchdog again (see stream).
 		return
 	}
 	if len(r.pending) > 0 && !r.readsAhead(r.link) {
@@ -392,7 +466,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 			return
 		}
 		l.touch()
-		m := message{typ: typ, p: p, owner: l.seq}
+		m := message{typ: typ, p: p, owner: l.seq, from: l}
 		if r.discard {
 			r.mu.Unlock()
 			r.dropped(m)
@@ -475,7 +549,7 @@ func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
 		l.fail(err)
 		return false
 	}
-	m := message{typ: typ, p: p}
+	m := message{typ: typ, p: p, from: l}
 	switch {
 	case r.discard:
 		r.mu.Unlock()
@@ -524,7 +598,7 @@ func (r *reader) readsAhead(l *liveLink) bool {
 func (r *reader) stalled() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.held != nil {
+	if r.held != nil || (r.openLink != nil && !r.bodyRead) {
 		return true
 	}
 	return len(r.pending) > 0 && !r.bg && !r.direct && (r.link == nil || !r.readsAhead(r.link))
@@ -568,6 +642,10 @@ func (r *reader) clearLinkLocked(l *liveLink) {
 		// Begun but never read: plain mode loses it with the link.
 		r.held = nil
 	}
+	if r.openLink == l {
+		// Its Reader fails at its next Read (see stream).
+		r.opened, r.openLink = false, nil
+	}
 }
 
 // closeRead makes the reader read every link and drop what it reads, from
@@ -593,7 +671,13 @@ func (r *reader) closeRead() {
 			r.mu.Lock()
 		}
 	}
-	if r.link != nil && !r.bg && !r.inRead && !r.direct {
+	if r.openLink != nil && !r.bodyRead {
+		// A Reader's message still in the socket: the background reader
+		// reads the rest of it first and drops it.
+		r.held = &heldMsg{l: r.openLink, typ: r.sr.typ, r: r.sr.body}
+		r.opened, r.openLink = false, nil
+	}
+	if r.link != nil && !r.bg && !r.inRead && !r.direct && r.openLink == nil {
 		r.startBackground(r.link)
 	}
 }
@@ -605,6 +689,9 @@ func (r *reader) end(err error) {
 	r.final = err
 	r.link = nil
 	r.held = nil
+	if r.openLink != nil {
+		r.opened, r.openLink = false, nil
+	}
 	r.watchdog.Stop()
 	select {
 	case <-r.up:
@@ -618,7 +705,10 @@ func (r *reader) end(err error) {
 func (r *reader) reportTooBig(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.tooBig == nil && !r.discard {
+	if r.toldTooBig {
+		// A Reader's message was the one over the limit: its Read said so.
+		r.toldTooBig = false
+	} else if r.tooBig == nil && !r.discard {
 		r.tooBig = err
 	}
 	if r.more != nil {

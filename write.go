@@ -31,6 +31,16 @@ import (
 // A Write that fails on a dying link is queued for the next one. After the
 // Conn is closed, Write fails.
 func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	if c.writerOpen.Load() {
+		if err := c.awaitWriter(ctx); err != nil {
+			return fmt.Errorf("tether: write: waiting for the open Writer: %w", err)
+		}
+	}
+	return c.write(ctx, typ, p)
+}
+
+// write writes a message, as Write does once no Writer is in the way.
+func (c *Conn) write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	if done := ctx.Done(); done != nil {
 		select {
 		case <-done:

@@ -1,0 +1,425 @@
+package tether
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// NetConn returns a net.Conn that carries a byte stream over c, as
+// websocket.NetConn does over a *websocket.Conn: every Write sends one
+// message of type typ, and Read reads the bytes of the messages that come,
+// one after another. It is for running another protocol (HTTP/2, gRPC, SSH,
+// your own) over a WebSocket. NetConn sets c's read limit to none (-1), and
+// the net.Conn owns c: its Close closes c with StatusNormalClosure. ctx
+// bounds the net.Conn's life: once it ends, Read and Write fail.
+//
+// In session mode (a server that uses tether's Handler) the stream survives
+// what c survives: dropped links, reconnects and moves between WebSocket and
+// long polling. Every byte is delivered exactly once and in order, in both
+// directions, for as long as the server keeps the session. If the session
+// is lost (ErrSessionLost), the stream is broken: Read and Write fail from
+// then on, and never carry bytes into the new session.
+//
+// In plain mode the stream lives as long as the first link it runs on:
+// bytes in flight when a link drops may be lost, so the stream cannot go on
+// over the next link. Once that link is lost, Read returns the bytes that
+// had arrived and then io.EOF if the server closed it with StatusNormalClosure
+// or StatusGoingAway, else an error wrapping ErrLinkLost; Write fails with an
+// error wrapping ErrLinkLost. c itself reconnects as usual.
+//
+// Deadlines work as on coder/websocket's NetConn: a Read or Write waiting
+// when its deadline passes returns an error that is a net.Error whose
+// Timeout is true, and that wraps os.ErrDeadlineExceeded and
+// context.DeadlineExceeded; later calls fail at once until the deadline is
+// moved. Unlike coder/websocket's, a deadline never closes the link, and a
+// call cut short by its deadline loses nothing: a Read returns before any
+// byte of a new message is taken, and a message that has begun to arrive is
+// read to its end first; a Write that has not begun to send sends nothing,
+// while one caught in the middle of sending finishes in the background (its
+// error then wraps ErrInFlight too, and reports all of p written).
+//
+// A Read with a message of another type closes c with
+// StatusUnsupportedData and fails, as coder/websocket's does. LocalAddr and
+// RemoteAddr are those of coder/websocket's NetConn for a dialed Conn: the
+// network "websocket" and the address "websocket/unknown-addr".
+func NetConn(ctx context.Context, c *Conn, typ websocket.MessageType) net.Conn {
+	c.SetReadLimit(-1)
+	nc := &netConn{c: c, typ: typ}
+	nc.ctx, nc.cancel = context.WithCancel(ctx)
+	nc.rdl.init(nc.ctx)
+	nc.wdl.init(nc.ctx)
+	return nc
+}
+
+type netConn struct {
+	c      *Conn
+	typ    websocket.MessageType
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	rdl, wdl deadline
+
+	// What the stream is pinned to, set by the first Read or Write: the
+	// session in session mode, the link in plain mode.
+	pinMu  sync.Mutex
+	pinned bool
+	seq    *seqState
+	link   *liveLink
+
+	rmu  sync.Mutex
+	cur  io.Reader // the message being read, until io.EOF
+	rerr error     // sticky: why Read can go no further
+
+	wmu  sync.Mutex
+	werr error // sticky: why Write can go no further
+}
+
+var _ net.Conn = (*netConn)(nil)
+
+func (nc *netConn) Read(p []byte) (int, error) {
+	nc.rmu.Lock()
+	defer nc.rmu.Unlock()
+	for {
+		if nc.rerr != nil {
+			return 0, nc.rerr
+		}
+		ctx, err := nc.rdl.check("read")
+		if err != nil {
+			return 0, err
+		}
+		if nc.cur == nil {
+			if err := nc.pin(ctx); err != nil {
+				return 0, nc.readErr(err)
+			}
+			typ, r, err := nc.c.nextMessage(ctx, nc.link)
+			if err != nil {
+				return 0, nc.readErr(err)
+			}
+			if typ != nc.typ {
+				err := fmt.Errorf("tether: NetConn: read a %v message, want %v", typ, nc.typ)
+				nc.rerr = err
+				_ = nc.c.Close(websocket.StatusUnsupportedData, err.Error())
+				return 0, err
+			}
+			nc.cur = r
+		}
+		n, err := nc.cur.Read(p)
+		if errors.Is(err, io.EOF) {
+			nc.cur = nil
+			err = nil
+		}
+		if err != nil {
+			// A message cut by a dropped plain link: the stream has a hole.
+			nc.rerr = fmt.Errorf("tether: NetConn: %w", err)
+			return n, nc.rerr
+		}
+		if n > 0 || len(p) == 0 {
+			return n, nil
+		}
+	}
+}
+
+// readErr turns why no message came into Read's error, and keeps it when
+// the stream can go no further.
+func (nc *netConn) readErr(err error) error {
+	if err2 := nc.deadlineErr(&nc.rdl, "read"); err2 != nil {
+		return err2
+	}
+	switch {
+	case errors.Is(err, errPinLost):
+		cause := errors.New("link closed")
+		if nc.link.failed() {
+			cause = nc.link.err
+		}
+		if code := websocket.CloseStatus(cause); code == websocket.StatusNormalClosure || code == websocket.StatusGoingAway {
+			nc.rerr = io.EOF
+		} else {
+			nc.rerr = fmt.Errorf("tether: NetConn: %w: %w", ErrLinkLost, cause)
+		}
+	case errors.Is(err, ErrSessionLost):
+		nc.rerr = fmt.Errorf("tether: NetConn: the byte stream is broken: %w", err)
+	case nc.c.isFinal(err):
+		if code := websocket.CloseStatus(err); code == websocket.StatusNormalClosure || code == websocket.StatusGoingAway {
+			nc.rerr = io.EOF
+		} else {
+			nc.rerr = fmt.Errorf("tether: NetConn: %w", err)
+		}
+	default:
+		return fmt.Errorf("tether: NetConn: %w", err)
+	}
+	return nc.rerr
+}
+
+func (nc *netConn) Write(p []byte) (int, error) {
+	nc.wmu.Lock()
+	defer nc.wmu.Unlock()
+	if nc.werr != nil {
+		return 0, nc.werr
+	}
+	ctx, err := nc.wdl.check("write")
+	if err != nil {
+		return 0, err
+	}
+	if err := nc.pin(ctx); err != nil {
+		return 0, nc.writeErr(err)
+	}
+	err = nc.c.writeOn(ctx, nc.typ, p, nc.accept)
+	if err == nil {
+		return len(p), nil
+	}
+	if errors.Is(err, ErrInFlight) {
+		// The rest of the message goes out behind what is in the socket.
+		return len(p), &timeoutError{op: "write", err: ErrInFlight}
+	}
+	return 0, nc.writeErr(err)
+}
+
+// writeErr turns why a Write failed into its error, and keeps it when the
+// stream can go no further.
+func (nc *netConn) writeErr(err error) error {
+	if err2 := nc.deadlineErr(&nc.wdl, "write"); err2 != nil {
+		return err2
+	}
+	if errors.Is(err, ErrLinkLost) || errors.Is(err, ErrSessionLost) || nc.c.isFinal(err) {
+		nc.werr = fmt.Errorf("tether: NetConn: %w", err)
+		return nc.werr
+	}
+	return fmt.Errorf("tether: NetConn: %w", err)
+}
+
+// accept reports whether l carries the stream, for writeOn.
+func (nc *netConn) accept(l *liveLink) error {
+	switch {
+	case nc.link != nil && l != nc.link:
+		cause := error(errors.New("link replaced"))
+		if nc.link.failed() {
+			cause = nc.link.err
+		}
+		return fmt.Errorf("%w: %w", ErrLinkLost, cause)
+	case nc.seq != nil && l.seq != nc.seq:
+		return fmt.Errorf("tether: the byte stream is broken: %w", ErrSessionLost)
+	}
+	return nil
+}
+
+// pin ties the stream to the Conn's session, or in plain mode to its link,
+// once there is a live link.
+func (nc *netConn) pin(ctx context.Context) error {
+	nc.pinMu.Lock()
+	defer nc.pinMu.Unlock()
+	for !nc.pinned {
+		l := nc.c.live.Load()
+		if l == nil {
+			if err := nc.c.awaitLink(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if l.seq != nil {
+			nc.seq = l.seq
+		} else {
+			nc.link = l
+		}
+		nc.pinned = true
+	}
+	return nil
+}
+
+// deadlineErr returns the deadline's error if it has passed or the
+// net.Conn's ctx has ended.
+func (nc *netConn) deadlineErr(d *deadline, op string) error {
+	_, err := d.check(op)
+	return err
+}
+
+func (nc *netConn) Close() error {
+	nc.cancel()
+	nc.rdl.stop()
+	nc.wdl.stop()
+	return nc.c.Close(websocket.StatusNormalClosure, "")
+}
+
+func (nc *netConn) LocalAddr() net.Addr  { return websocketAddr{} }
+func (nc *netConn) RemoteAddr() net.Addr { return websocketAddr{} }
+
+func (nc *netConn) SetDeadline(t time.Time) error {
+	nc.rdl.set(t)
+	nc.wdl.set(t)
+	return nil
+}
+
+func (nc *netConn) SetReadDeadline(t time.Time) error {
+	nc.rdl.set(t)
+	return nil
+}
+
+func (nc *netConn) SetWriteDeadline(t time.Time) error {
+	nc.wdl.set(t)
+	return nil
+}
+
+type websocketAddr struct{}
+
+func (websocketAddr) Network() string { return "websocket" }
+func (websocketAddr) String() string  { return "websocket/unknown-addr" }
+
+// deadline is one direction's deadline: a ctx for the calls that its timer
+// cancels when the deadline passes, made anew when the deadline is moved
+// after that.
+type deadline struct {
+	mu      sync.Mutex
+	parent  context.Context
+	ctx     context.Context
+	cancel  context.CancelFunc
+	timer   *time.Timer
+	expired bool // ctx was ended by the deadline
+}
+
+func (d *deadline) init(parent context.Context) {
+	d.parent = parent
+	d.ctx, d.cancel = context.WithCancel(parent)
+}
+
+// check returns the ctx for a call, or its error when the deadline has
+// passed or the net.Conn's ctx has ended.
+func (d *deadline) check(op string) (context.Context, error) {
+	d.mu.Lock()
+	ctx, expired := d.ctx, d.expired
+	d.mu.Unlock()
+	if expired {
+		return nil, &timeoutError{op: op}
+	}
+	if err := d.parent.Err(); err != nil {
+		return nil, fmt.Errorf("tether: NetConn %s: %w", op, err)
+	}
+	return ctx, nil
+}
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	if d.expired || d.ctx.Err() != nil {
+		d.ctx, d.cancel = context.WithCancel(d.parent)
+		d.expired = false
+	}
+	if t.IsZero() {
+		return
+	}
+	dur := time.Until(t)
+	if dur <= 0 {
+		d.expired = true
+		d.cancel()
+		return
+	}
+	ctx, cancel := d.ctx, d.cancel
+	d.timer = time.AfterFunc(dur, func() {
+		d.mu.Lock()
+		if d.ctx == ctx {
+			d.expired = true
+		}
+		d.mu.Unlock()
+		cancel()
+	})
+}
+
+func (d *deadline) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	d.cancel()
+}
+
+// timeoutError is a NetConn call cut short by its deadline.
+type timeoutError struct {
+	op  string
+	err error // ErrInFlight, for a Write caught while sending
+}
+
+func (e *timeoutError) Error() string {
+	if e.err != nil {
+		return "tether: NetConn " + e.op + ": deadline exceeded: " + e.err.Error()
+	}
+	return "tether: NetConn " + e.op + ": deadline exceeded"
+}
+
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+func (e *timeoutError) Unwrap() error   { return e.err }
+
+// Is makes the error match os.ErrDeadlineExceeded, as a net.Conn's does,
+// and context.DeadlineExceeded, as coder/websocket's NetConn's does.
+func (e *timeoutError) Is(target error) bool {
+	return target == os.ErrDeadlineExceeded || target == context.DeadlineExceeded
+}
+
+// nextMessage is Reader for NetConn: pinned to pin when it is set.
+func (c *Conn) nextMessage(ctx context.Context, pin *liveLink) (websocket.MessageType, io.Reader, error) {
+	m := c.rd.next(ctx, true, pin)
+	if m.err != nil {
+		return 0, nil, m.err
+	}
+	c.stats.msgsIn.Add(1)
+	return m.typ, c.rd.sr, nil
+}
+
+// isFinal reports whether err is the error that ended the Conn for good.
+func (c *Conn) isFinal(err error) bool {
+	c.mu.Lock()
+	final := c.final
+	c.mu.Unlock()
+	return final != nil && errors.Is(err, final)
+}
+
+// writeOn writes a message on a live link that accept takes, waiting for
+// one while the Conn reconnects, and never through the send queue: the
+// queue goes to the next link whatever it is, and a byte stream must not.
+func (c *Conn) writeOn(ctx context.Context, typ websocket.MessageType, p []byte, accept func(*liveLink) error) error {
+	for {
+		l := c.live.Load()
+		if l == nil {
+			if err := c.awaitLink(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := accept(l); err != nil {
+			return err
+		}
+		err := l.write(ctx, typ, p)
+		if err == nil {
+			c.stats.msgsOut.Add(1)
+			c.stats.bytesOut.Add(uint64(len(p)))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		l.fail(err)
+		if !l.session {
+			// Part of the message may have gone.
+			return fmt.Errorf("%w: %w", ErrLinkLost, err)
+		}
+		// In session mode a failed Write was not numbered: the next link
+		// takes it, once the supervisor has retired this one.
+		select {
+		case <-l.ctx.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
