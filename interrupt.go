@@ -36,6 +36,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 // is safe.
 type watchConn struct {
 	net.Conn
+	src net.Conn // what Read reads: the socket, below any writeGate
 
 	mu sync.Mutex
 	// Where the bytes delivered so far end: still in the HTTP response, in a
@@ -60,10 +61,17 @@ type watchConn struct {
 	repeated bool // the guarded Read's ctx is the previous one's
 }
 
-func newWatchConn(c net.Conn) *watchConn { return &watchConn{Conn: c, inHTTP: true} }
+func newWatchConn(c net.Conn) *watchConn {
+	w := &watchConn{Conn: c, inHTTP: true, src: c}
+	if g, ok := c.(*writeGate); ok {
+		// Reads skip the write side's layer.
+		w.src = g.Conn
+	}
+	return w
+}
 
 func (w *watchConn) Read(p []byte) (int, error) {
-	n, err := w.Conn.Read(p)
+	n, err := w.src.Read(p)
 	w.mu.Lock()
 	if n > 0 {
 		w.scan(p[:n])

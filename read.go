@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -51,11 +52,12 @@ type reader struct {
 	// A message handed to a Reader and not yet read to its end (see
 	// stream). While its body is in the socket (openLink set), nobody else
 	// may read the link.
-	opened   bool
-	openLink *liveLink
-	bodyRead bool    // the application is reading the open message's body
-	sr       *stream // the Reader's io.Reader, made on first use
-	conn     *Conn   // the Conn whose reader this is; nil on the server
+	opened     bool
+	openLink   *liveLink
+	sr         *stream     // the Reader's io.Reader, made on first use
+	streaming  bool        // the Read in progress is a Reader's
+	discarding atomic.Bool // discard, for a stream's Read without r.mu
+	conn       *Conn       // the Conn whose reader this is; nil on the server
 
 	toldTooBig bool // a Reader reported a message over the read limit itself
 
@@ -172,10 +174,8 @@ func (r *reader) next(ctx context.Context, stream bool, pin *liveLink) message {
 			return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}
 		}
 	}
+	r.streaming = stream
 	m := r.readLocked(ctx, stream, pin)
-	if stream && m.err == nil {
-		r.openStream(&m)
-	}
 	<-r.sem
 	if m.owner != nil && r.onTake != nil {
 		r.onTake(m.owner, len(m.p))
@@ -377,6 +377,9 @@ func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
 // leave ends a Read call; r.mu is held on entry and released.
 func (r *reader) leave(m message) message {
 	r.inRead = false
+	if r.streaming && m.err == nil {
+		r.openStream(&m)
+	}
 	r.settle()
 	r.mu.Unlock()
 	return m
@@ -598,7 +601,7 @@ func (r *reader) readsAhead(l *liveLink) bool {
 func (r *reader) stalled() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.held != nil || (r.openLink != nil && !r.bodyRead) {
+	if r.held != nil || (r.openLink != nil && r.sr.state.Load() == streamIdle) {
 		return true
 	}
 	return len(r.pending) > 0 && !r.bg && !r.direct && (r.link == nil || !r.readsAhead(r.link))
@@ -645,6 +648,7 @@ func (r *reader) clearLinkLocked(l *liveLink) {
 	if r.openLink == l {
 		// Its Reader fails at its next Read (see stream).
 		r.opened, r.openLink = false, nil
+		r.sr.state.Store(streamGone)
 	}
 }
 
@@ -657,6 +661,7 @@ func (r *reader) closeRead() {
 		return
 	}
 	r.discard = true
+	r.discarding.Store(true)
 	if r.waiting {
 		r.waiting = false
 		r.handoff <- message{err: errReadClosed}
@@ -671,12 +676,7 @@ func (r *reader) closeRead() {
 			r.mu.Lock()
 		}
 	}
-	if r.openLink != nil && !r.bodyRead {
-		// A Reader's message still in the socket: the background reader
-		// reads the rest of it first and drops it.
-		r.held = &heldMsg{l: r.openLink, typ: r.sr.typ, r: r.sr.body}
-		r.opened, r.openLink = false, nil
-	}
+	r.takeStream()
 	if r.link != nil && !r.bg && !r.inRead && !r.direct && r.openLink == nil {
 		r.startBackground(r.link)
 	}
@@ -691,6 +691,7 @@ func (r *reader) end(err error) {
 	r.held = nil
 	if r.openLink != nil {
 		r.opened, r.openLink = false, nil
+		r.sr.state.Store(streamGone)
 	}
 	r.watchdog.Stop()
 	select {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/coder/websocket"
 )
@@ -36,29 +37,47 @@ func (c *Conn) Reader(ctx context.Context) (websocket.MessageType, io.Reader, er
 	return m.typ, c.rd.sr, nil
 }
 
+// A stream's body, while it is in the socket, is read by the application
+// or by nobody: the reader takes it away (to drop it after CloseRead, or
+// because its link is gone) only while no Read of it is in progress.
+const (
+	streamIdle    int32 = iota // open, and nobody reads it
+	streamReading              // the application is reading it
+	streamGone                 // taken away, or read to its end
+)
+
+// streamTouchBytes is how much of a long body is read between two signs of
+// life for the heartbeat (see liveLink.touch), which cost a clock read.
+const streamTouchBytes = 32 << 10
+
 // stream is the io.Reader that Reader returns: one per Conn, reused from
 // one message to the next, as *websocket.Conn's is, so that reading into
 // the application's buffer costs no allocation.
 type stream struct {
-	r    *reader
-	typ  websocket.MessageType
-	l    *liveLink // the link body is read from
-	body io.Reader // the body in the socket (a plain link), or nil
-	p    []byte    // else the message, what is left of it
-	err  error     // sticky: io.EOF at the end, or why the message was cut
+	r     *reader
+	typ   websocket.MessageType
+	l     *liveLink    // the link body is read from
+	body  io.Reader    // the body in the socket (a plain link), or nil
+	state atomic.Int32 // for body (see streamIdle)
+	p     []byte       // without body, what is left of the message
+	err   error        // sticky: io.EOF at the end, or why the message was cut
+	fresh int          // bytes read since the last touch
 }
 
-// openStream sets up the stream for m, a message just handed to a Reader,
-// and marks it open until it has been read to its end; r.sem is held.
+// openStream sets up the stream for m, a message a Reader is about to
+// return, and marks it open until it has been read to its end; r.mu is
+// held.
 func (r *reader) openStream(m *message) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.sr == nil {
 		r.sr = &stream{r: r}
 	}
-	*r.sr = stream{r: r, typ: m.typ, l: m.from, body: m.body, p: m.p}
-	if m.body == nil {
-		r.sr.l = nil
+	s := r.sr
+	s.typ, s.body, s.p, s.err, s.fresh = m.typ, m.body, m.p, nil, 0
+	s.l = nil
+	s.state.Store(streamGone)
+	if m.body != nil {
+		s.l = m.from
+		s.state.Store(streamIdle)
 	}
 	r.opened = true
 }
@@ -77,50 +96,37 @@ func (s *stream) Read(p []byte) (int, error) {
 		s.count(n)
 		return n, nil
 	}
-	r := s.r
-	r.mu.Lock()
-	if r.openLink != s.l {
-		discard := r.discard
-		r.mu.Unlock()
-		switch {
-		case discard:
-			// CloseRead took the rest of the message to drop it.
-			s.err = errReadClosed
-		case s.l.failed():
-			// The link was lost while the application was not reading.
-			s.err = fmt.Errorf("tether: read: %w: the message was cut short: %w", ErrLinkLost, s.l.err)
-		default:
-			s.err = fmt.Errorf("tether: read: %w: the message was cut short", ErrLinkLost)
-		}
-		return 0, s.err
+	if !s.state.CompareAndSwap(streamIdle, streamReading) {
+		return 0, s.gone()
 	}
-	r.bodyRead = true
-	r.mu.Unlock()
 	n, err := s.body.Read(p)
 	s.count(n)
-	r.mu.Lock()
-	r.bodyRead = false
-	switch {
-	case err == nil:
-		if r.discard && r.openLink == s.l {
+	if err == nil {
+		if s.fresh += n; s.fresh >= streamTouchBytes {
+			s.fresh = 0
+			s.l.touch()
+		}
+		if s.state.CompareAndSwap(streamReading, streamIdle) && s.r.discarding.Load() {
 			// CloseRead was called meanwhile: the background reader reads
 			// the rest and drops it.
-			r.held = &heldMsg{l: s.l, typ: s.typ, r: s.body}
-			r.opened, r.openLink = false, nil
-			if r.link != nil && !r.bg && !r.inRead && !r.direct {
-				r.startBackground(r.link)
+			s.r.mu.Lock()
+			s.r.takeStream()
+			if l := s.r.link; l != nil && !s.r.bg && !s.r.inRead && !s.r.direct {
+				s.r.startBackground(l)
 			}
+			s.r.mu.Unlock()
 		}
-		r.mu.Unlock()
-		s.l.touch()
 		return n, nil
-	case errors.Is(err, io.EOF):
+	}
+	r := s.r
+	r.mu.Lock()
+	s.state.Store(streamGone)
+	if errors.Is(err, io.EOF) {
 		if r.openLink == s.l {
 			r.opened, r.openLink = false, nil
 			r.settle()
 		}
 		r.mu.Unlock()
-		s.l.touch()
 		s.err = io.EOF
 		return n, io.EOF
 	}
@@ -137,6 +143,31 @@ func (s *stream) Read(p []byte) (int, error) {
 	r.mu.Unlock()
 	s.l.fail(err)
 	return n, s.err
+}
+
+// gone returns why the body was taken away from the application.
+func (s *stream) gone() error {
+	switch {
+	case s.r.discarding.Load():
+		// CloseRead took the rest of the message to drop it.
+		s.err = errReadClosed
+	case s.l.failed():
+		s.err = fmt.Errorf("tether: read: %w: the message was cut short: %w", ErrLinkLost, s.l.err)
+	default:
+		s.err = fmt.Errorf("tether: read: %w: the message was cut short", ErrLinkLost)
+	}
+	return s.err
+}
+
+// takeStream gives the body of an open stream that nobody is reading to
+// the background reader, which reads the rest of it first and drops it
+// (see hold); r.mu is held.
+func (r *reader) takeStream() {
+	if r.openLink == nil || !r.sr.state.CompareAndSwap(streamIdle, streamGone) {
+		return
+	}
+	r.held = &heldMsg{l: r.openLink, typ: r.sr.typ, r: r.sr.body}
+	r.opened, r.openLink = false, nil
 }
 
 // end closes a message read from memory.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"sync"
@@ -64,28 +65,94 @@ func rotate(ds []dialer, by string) []dialer {
 	return append(ds[k:], ds[:k]...)
 }
 
-type rawClient struct{ c *websocket.Conn }
+// The clients read in one of two ways, the api element of a benchmark's
+// name: api=read takes each message as a new []byte (Read, gorilla's
+// ReadMessage); api=reader reads each message with Reader (gorilla's
+// NextReader) into a buffer the client reuses, the way to read without an
+// allocation per message. Each library is compared with raw coder/websocket
+// using the same API.
+const (
+	apiRead   = "read"
+	apiReader = "reader"
+)
+
+var apis = []string{apiRead, apiReader}
+
+// withAPI returns d reading with api.
+func withAPI(d dialer, api string) dialer {
+	dial := d.dial
+	d.dial = func(ctx context.Context, url string) (client, error) {
+		c, err := dial(ctx, url)
+		if err != nil {
+			return nil, err
+		}
+		c.(apiSetter).setAPI(api)
+		return c, nil
+	}
+	return d
+}
+
+type apiSetter interface{ setAPI(api string) }
+
+// readInto reads r to its end into *buf, growing it as needed, and returns
+// the message.
+func readInto(r io.Reader, buf *[]byte) ([]byte, error) {
+	b := (*buf)[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			*buf = b
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+type rawClient struct {
+	c      *websocket.Conn
+	reader bool
+	buf    []byte
+}
 
 func dialRaw(ctx context.Context, url string) (client, error) {
 	c, _, err := websocket.Dial(ctx, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	return rawClient{c}, nil
+	return &rawClient{c: c}, nil
 }
 
-func (r rawClient) write(ctx context.Context, p []byte) error {
+func (r *rawClient) setAPI(api string) { r.reader = api == apiReader }
+
+func (r *rawClient) write(ctx context.Context, p []byte) error {
 	return r.c.Write(ctx, websocket.MessageBinary, p)
 }
 
-func (r rawClient) read(ctx context.Context) ([]byte, error) {
+func (r *rawClient) read(ctx context.Context) ([]byte, error) {
+	if r.reader {
+		_, rd, err := r.c.Reader(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return readInto(rd, &r.buf)
+	}
 	_, p, err := r.c.Read(ctx)
 	return p, err
 }
 
-func (r rawClient) close() error { return r.c.CloseNow() }
+func (r *rawClient) close() error { return r.c.CloseNow() }
 
-type tetherClient struct{ c *tether.Conn }
+type tetherClient struct {
+	c      *tether.Conn
+	reader bool
+	buf    []byte
+}
 
 // dialTether dials tether in plain mode with its defaults.
 func dialTether(ctx context.Context, url string) (client, error) {
@@ -93,40 +160,62 @@ func dialTether(ctx context.Context, url string) (client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return tetherClient{c}, nil
+	return &tetherClient{c: c}, nil
 }
 
-func (t tetherClient) write(ctx context.Context, p []byte) error {
+func (t *tetherClient) setAPI(api string) { t.reader = api == apiReader }
+
+func (t *tetherClient) write(ctx context.Context, p []byte) error {
 	return t.c.Write(ctx, websocket.MessageBinary, p)
 }
 
-func (t tetherClient) read(ctx context.Context) ([]byte, error) {
+func (t *tetherClient) read(ctx context.Context) ([]byte, error) {
+	if t.reader {
+		_, rd, err := t.c.Reader(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return readInto(rd, &t.buf)
+	}
 	_, p, err := t.c.Read(ctx)
 	return p, err
 }
 
-func (t tetherClient) close() error { return t.c.CloseNow() }
+func (t *tetherClient) close() error { return t.c.CloseNow() }
 
-type gorillaClient struct{ c *gorilla.Conn }
+type gorillaClient struct {
+	c      *gorilla.Conn
+	reader bool
+	buf    []byte
+}
 
 func dialGorilla(ctx context.Context, url string) (client, error) {
 	c, _, err := gorilla.DefaultDialer.DialContext(ctx, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	return gorillaClient{c}, nil
+	return &gorillaClient{c: c}, nil
 }
 
-func (g gorillaClient) write(_ context.Context, p []byte) error {
+func (g *gorillaClient) setAPI(api string) { g.reader = api == apiReader }
+
+func (g *gorillaClient) write(_ context.Context, p []byte) error {
 	return g.c.WriteMessage(gorilla.BinaryMessage, p)
 }
 
-func (g gorillaClient) read(context.Context) ([]byte, error) {
+func (g *gorillaClient) read(context.Context) ([]byte, error) {
+	if g.reader {
+		_, rd, err := g.c.NextReader()
+		if err != nil {
+			return nil, err
+		}
+		return readInto(rd, &g.buf)
+	}
 	_, p, err := g.c.ReadMessage()
 	return p, err
 }
 
-func (g gorillaClient) close() error { return g.c.Close() }
+func (g *gorillaClient) close() error { return g.c.Close() }
 
 var (
 	sharedOnce sync.Once

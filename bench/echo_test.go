@@ -11,20 +11,23 @@ import (
 
 // BenchmarkEcho is a sequential echo round trip: write one message, read its
 // echo. ctx=bg passes context.Background() to every call; ctx=cancel gives
-// each Read a cancellable ctx, which tether serves through its background
-// reader (gorilla's Read takes no ctx, so it has no ctx=cancel run).
+// each Read a cancellable ctx (gorilla's Read takes no ctx, so it has no
+// ctx=cancel run). api=read reads each echo as a new []byte, api=reader
+// with Reader into a reused buffer (see apis).
 func BenchmarkEcho(b *testing.B) {
 	url := sharedServer(b).URL()
 	for _, size := range []int{16, 1024} {
 		for _, mode := range []string{"bg", "cancel"} {
-			for _, d := range dialers {
-				if mode == "cancel" && !d.ctx {
-					continue
+			for _, api := range apis {
+				for _, d := range dialers {
+					if mode == "cancel" && !d.ctx {
+						continue
+					}
+					name := fmt.Sprintf("size=%d/ctx=%s/api=%s/client=%s", size, mode, api, d.name)
+					b.Run(name, func(b *testing.B) {
+						echoBenchCtx(b, withAPI(d, api), url, size, mode == "cancel")
+					})
 				}
-				name := fmt.Sprintf("size=%d/ctx=%s/client=%s", size, mode, d.name)
-				b.Run(name, func(b *testing.B) {
-					echoBenchCtx(b, d, url, size, mode == "cancel")
-				})
 			}
 		}
 	}
@@ -32,14 +35,16 @@ func BenchmarkEcho(b *testing.B) {
 
 // BenchmarkPipeline is one-way throughput of 1 KiB messages: a writer
 // goroutine writes b.N messages as fast as it can while the benchmark
-// goroutine reads their b.N echoes.
+// goroutine reads their b.N echoes, with each API.
 func BenchmarkPipeline(b *testing.B) {
 	const size = 1024
 	url := sharedServer(b).URL()
-	for _, d := range dialers {
-		b.Run(fmt.Sprintf("size=%d/client=%s", size, d.name), func(b *testing.B) {
-			pipelineBench(b, d, url, size)
-		})
+	for _, api := range apis {
+		for _, d := range dialers {
+			b.Run(fmt.Sprintf("size=%d/api=%s/client=%s", size, api, d.name), func(b *testing.B) {
+				pipelineBench(b, withAPI(d, api), url, size)
+			})
+		}
 	}
 }
 
@@ -139,21 +144,28 @@ func BenchmarkDial(b *testing.B) {
 func BenchmarkAllocs(b *testing.B) {
 	const size = 1024
 	srv := startRemoteServer(b)
-	for _, d := range dialers {
-		b.Run(fmt.Sprintf("size=%d/client=%s", size, d.name), func(b *testing.B) {
-			c := mustDial(b, d, srv.url)
-			defer c.close()
-			p := payload(size)
-			ctx := context.Background()
-			for range 10 {
-				roundTrip(b, c, ctx, ctx, p)
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				roundTrip(b, c, ctx, ctx, p)
-			}
-		})
+	for _, api := range apis {
+		for _, d := range dialers {
+			b.Run(fmt.Sprintf("size=%d/api=%s/client=%s", size, api, d.name), func(b *testing.B) {
+				allocsBench(b, withAPI(d, api), srv.url, size)
+			})
+		}
+	}
+}
+
+// allocsBench is one client's round trips against the remote server.
+func allocsBench(b *testing.B, d dialer, url string, size int) {
+	c := mustDial(b, d, url)
+	defer c.close()
+	p := payload(size)
+	ctx := context.Background()
+	for range 10 {
+		roundTrip(b, c, ctx, ctx, p)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		roundTrip(b, c, ctx, ctx, p)
 	}
 }
 

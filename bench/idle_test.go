@@ -80,7 +80,7 @@ func measureIdle(b *testing.B, d dialer, n int) (bytesPerConn, goroutinesPerConn
 		time.Sleep(time.Until(lastDial.Add(tether.DefaultHeartbeatInterval + 5*time.Second)))
 	}
 	for _, c := range conns {
-		tc := c.(tetherClient).c
+		tc := c.(*tetherClient).c
 		st := tc.Stats()
 		if st.State != tether.Connected || st.Reconnects != 0 || (pinged && (st.PingsAnswered == 0 || st.PingsFailed != 0)) {
 			dropped++

@@ -66,7 +66,7 @@ func (r *recorder) NextBackOff() time.Duration {
 
 func tetherRoundTrip(b *testing.B, c *tether.Conn, p []byte) {
 	b.Helper()
-	roundTrip(b, tetherClient{c}, context.Background(), context.Background(), p)
+	roundTrip(b, &tetherClient{c: c}, context.Background(), context.Background(), p)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

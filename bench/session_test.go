@@ -111,7 +111,7 @@ func dialSession(ctx context.Context, url string) (client, error) {
 		_ = c.CloseNow()
 		return nil, fmt.Errorf("session dial got subprotocol %q", c.Subprotocol())
 	}
-	return tetherClient{c}, nil
+	return &tetherClient{c: c}, nil
 }
 
 // dialPolling dials tether against a tether.Handler behind a proxy that
@@ -125,7 +125,7 @@ func dialPolling(ctx context.Context, url string) (client, error) {
 		_ = c.CloseNow()
 		return nil, fmt.Errorf("polling dial is on %v", c.Transport())
 	}
-	return tetherClient{c}, nil
+	return &tetherClient{c: c}, nil
 }
 
 // sessionPair is raw coder/websocket against the plain echo server and
@@ -155,10 +155,12 @@ func sessionPair(b *testing.B) []struct {
 // Session.Read and Session.Write, next to raw against the plain echo server.
 func BenchmarkSessionEcho(b *testing.B) {
 	for _, size := range []int{16, 1024} {
-		for _, c := range sessionPair(b) {
-			b.Run(fmt.Sprintf("size=%d/ctx=bg/client=%s", size, c.d.name), func(b *testing.B) {
-				echoBench(b, c.d, c.url, size)
-			})
+		for _, api := range apis {
+			for _, c := range sessionPair(b) {
+				b.Run(fmt.Sprintf("size=%d/ctx=bg/api=%s/client=%s", size, api, c.d.name), func(b *testing.B) {
+					echoBench(b, withAPI(c.d, api), c.url, size)
+				})
+			}
 		}
 	}
 }
@@ -167,10 +169,12 @@ func BenchmarkSessionEcho(b *testing.B) {
 // next to raw against the plain echo server.
 func BenchmarkSessionPipeline(b *testing.B) {
 	const size = 1024
-	for _, c := range sessionPair(b) {
-		b.Run(fmt.Sprintf("size=%d/client=%s", size, c.d.name), func(b *testing.B) {
-			pipelineBench(b, c.d, c.url, size)
-		})
+	for _, api := range apis {
+		for _, c := range sessionPair(b) {
+			b.Run(fmt.Sprintf("size=%d/api=%s/client=%s", size, api, c.d.name), func(b *testing.B) {
+				pipelineBench(b, withAPI(c.d, api), c.url, size)
+			})
+		}
 	}
 }
 
