@@ -36,7 +36,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 // is safe.
 type watchConn struct {
 	net.Conn
-	src net.Conn // what Read reads: the socket, below any writeGate
+	src net.Conn // what Read reads, if not Conn: the socket, below a writeGate
 
 	mu sync.Mutex
 	// Where the bytes delivered so far end: still in the HTTP response, in a
@@ -71,7 +71,11 @@ func newWatchConn(c net.Conn) *watchConn {
 }
 
 func (w *watchConn) Read(p []byte) (int, error) {
-	n, err := w.src.Read(p)
+	src := w.src
+	if src == nil {
+		src = w.Conn
+	}
+	n, err := src.Read(p)
 	w.mu.Lock()
 	if n > 0 {
 		w.scan(p[:n])

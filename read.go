@@ -31,6 +31,9 @@ type message struct {
 	// the socket: its header has been read, the rest is read as the
 	// application asks (see stream).
 	body io.Reader
+	// relay, for a Reader, is the body of a message the background reader
+	// had begun to read ahead (see relay).
+	relay *relay
 }
 
 // reader serves Read calls from whichever link is current, for a Conn and,
@@ -47,6 +50,7 @@ type reader struct {
 	lost         error         // a lost session, reported once by Read
 	tooBig       error         // a message over the read limit, reported once by Read
 	held         *heldMsg      // a plain message begun but left unread (see hold)
+	ahead        *relay        // a plain message the background reader is reading ahead
 	discard      bool          // CloseRead was called: messages are read and dropped
 
 	// A message handed to a Reader and not yet read to its end (see
@@ -59,7 +63,10 @@ type reader struct {
 	discarding atomic.Bool // discard, for a stream's Read without r.mu
 	conn       *Conn       // the Conn whose reader this is; nil on the server
 
-	toldTooBig bool // a Reader reported a message over the read limit itself
+	// The link whose message over the read limit a Reader reported itself,
+	// and the link tooBig is about: told once, whichever comes first.
+	toldTooBig *liveLink
+	tooBigLink *liveLink
 
 	// onTake, if set, is called on the Read's goroutine for every message of
 	// a session that Read returns: the message is acknowledged once read.
@@ -71,6 +78,7 @@ type reader struct {
 
 	waiting     bool         // a Read waits on handoff for the background reader
 	waitDirect  bool         // ... and wants to read directly afterwards
+	waitStream  bool         // ... and is a Reader, which takes a body in the socket
 	handoff     chan message // capacity 1: at most one waiting Read
 	readsDone   uint64       // finished Read calls, for the watchdog
 	seenByWatch uint64
@@ -223,7 +231,6 @@ func (r *reader) readLocked(ctx context.Context, stream bool, pin *liveLink) mes
 			}
 			r.held = nil
 			if stream {
-				r.opened, r.openLink = true, h.l
 				return r.leave(message{typ: h.typ, body: h.r, from: h.l})
 			}
 			// The message after those read ahead: its frame has begun, so
@@ -273,13 +280,21 @@ func (r *reader) readLocked(ctx context.Context, stream bool, pin *liveLink) mes
 			r.mu.Lock()
 			continue
 		}
+		if rl := r.ahead; stream && rl != nil && rl.l == l {
+			if pin != nil && l != pin {
+				return r.leave(message{err: errPinLost})
+			}
+			r.ahead = nil
+			rl.take()
+			return r.leave(message{typ: rl.typ, relay: rl, from: l})
+		}
 		if r.bg || (cancellable && l.watch == nil) {
 			if !r.bg {
 				r.startBackground(l)
 			}
 			// After this message, a caller that can read on its own
 			// goroutine takes over from the background reader.
-			m, ok := r.await(ctx, !cancellable || l.watch != nil)
+			m, ok := r.await(ctx, !cancellable || l.watch != nil, stream)
 			if ok {
 				return r.leave(m)
 			}
@@ -314,9 +329,6 @@ func (r *reader) readLocked(ctx context.Context, stream bool, pin *liveLink) mes
 		r.direct = false
 		if err == nil {
 			l.touch()
-			if m.body != nil {
-				r.opened, r.openLink = true, l
-			}
 			return r.leave(m)
 		}
 		if interrupted {
@@ -346,8 +358,8 @@ func readLink(l *liveLink, stream bool) (message, error) {
 
 // await waits, with r.mu held on entry and exit, for the background reader's
 // next message. ok is false when the link failed instead.
-func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
-	r.waiting, r.waitDirect = true, thenDirect
+func (r *reader) await(ctx context.Context, thenDirect, stream bool) (message, bool) {
+	r.waiting, r.waitDirect, r.waitStream = true, thenDirect, stream
 	r.mu.Unlock()
 	var m message
 	select {
@@ -367,8 +379,13 @@ func (r *reader) await(ctx context.Context, thenDirect bool) (message, bool) {
 	}
 	if ctx.Err() != nil {
 		// It came as ctx ended: keep it for the next Read.
-		r.pending = append([]message{m}, r.pending...)
-		r.pendingBytes += len(m.p)
+		if m.body != nil {
+			r.held = &heldMsg{l: m.from, typ: m.typ, r: m.body}
+			r.opened, r.openLink = false, nil
+		} else {
+			r.pending = append([]message{m}, r.pending...)
+			r.pendingBytes += len(m.p)
+		}
 		return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}, true
 	}
 	return m, true
@@ -453,6 +470,21 @@ func (r *reader) backgroundRead(l *liveLink) {
 			typ = h.typ
 			p, err = io.ReadAll(h.r)
 			h = nil
+		} else if ws, ok := l.link.(*websocket.Conn); ok {
+			var body io.Reader
+			typ, body, err = ws.Reader(context.Background())
+			if err == nil {
+				if r.handBody(l, typ, body) {
+					return
+				}
+				var taken bool
+				p, taken, err = r.readBody(l, typ, body)
+				if taken && err == nil {
+					// A Reader has it.
+					l.touch()
+					continue
+				}
+			}
 		} else {
 			typ, p, err = l.Read(context.Background())
 		}
@@ -510,6 +542,24 @@ func (r *reader) backgroundRead(l *liveLink) {
 	}
 }
 
+// handBody gives a Reader that waits the body of the message whose header
+// the background reader has just read on l, and reports whether it did;
+// then the background reader stops, since nobody else may read l until
+// that body has been read.
+func (r *reader) handBody(l *liveLink, typ websocket.MessageType, body io.Reader) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.waiting || !r.waitStream || r.discard {
+		return false
+	}
+	l.touch()
+	r.waiting, r.bg = false, false
+	r.opened, r.openLink = true, l
+	r.stream().state.Store(streamIdle)
+	r.handoff <- message{typ: typ, body: body, from: l}
+	return true
+}
+
 // hold reads on a plain link whose read-ahead is full as far as TCP order
 // allows: the pings, pongs and close frames that come before the next data
 // message. That message is left in the socket, its header read, until a Read
@@ -536,6 +586,11 @@ func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
 		r.mu.Unlock()
 		return false
 	}
+	r.mu.Unlock()
+	if r.handBody(l, typ, rd) {
+		return false
+	}
+	r.mu.Lock()
 	// A Read is waiting, or took a message, or CloseRead was called: the
 	// message is read now and goes the usual way.
 	r.mu.Unlock()
@@ -645,6 +700,9 @@ func (r *reader) clearLinkLocked(l *liveLink) {
 		// Begun but never read: plain mode loses it with the link.
 		r.held = nil
 	}
+	if r.ahead != nil && r.ahead.l == l {
+		r.ahead = nil
+	}
 	if r.openLink == l {
 		// Its Reader fails at its next Read (see stream).
 		r.opened, r.openLink = false, nil
@@ -689,6 +747,7 @@ func (r *reader) end(err error) {
 	r.final = err
 	r.link = nil
 	r.held = nil
+	r.ahead = nil
 	if r.openLink != nil {
 		r.opened, r.openLink = false, nil
 		r.sr.state.Store(streamGone)
@@ -703,14 +762,14 @@ func (r *reader) end(err error) {
 
 // reportTooBig tells the next Read that a message over the read limit was
 // dropped with its link. Reports not yet taken are not stacked.
-func (r *reader) reportTooBig(err error) {
+func (r *reader) reportTooBig(l *liveLink, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.toldTooBig {
+	if r.toldTooBig == l {
 		// A Reader's message was the one over the limit: its Read said so.
-		r.toldTooBig = false
+		r.toldTooBig = nil
 	} else if r.tooBig == nil && !r.discard {
-		r.tooBig = err
+		r.tooBig, r.tooBigLink = err, l
 	}
 	if r.more != nil {
 		close(r.more)
@@ -757,4 +816,13 @@ func (r *reader) roomFor(costs []int, w window) bool {
 		n, bytes = n+1, bytes+c
 	}
 	return true
+}
+
+// toldTooBigOn records that a Reader has reported l's message over the read
+// limit, so that Read does not report it again; r.mu is held.
+func (r *reader) toldTooBigOn(l *liveLink) {
+	r.toldTooBig = l
+	if r.tooBigLink == l {
+		r.tooBig, r.tooBigLink = nil, nil
+	}
 }

@@ -60,6 +60,7 @@ type stream struct {
 	body  io.Reader    // the body in the socket (a plain link), or nil
 	state atomic.Int32 // for body (see streamIdle)
 	p     []byte       // without body, what is left of the message
+	relay *relay       // without body, where the rest comes from, if not p
 	err   error        // sticky: io.EOF at the end, or why the message was cut
 	fresh int          // bytes read since the last touch
 }
@@ -68,23 +69,33 @@ type stream struct {
 // return, and marks it open until it has been read to its end; r.mu is
 // held.
 func (r *reader) openStream(m *message) {
-	if r.sr == nil {
-		r.sr = &stream{r: r}
-	}
-	s := r.sr
+	s := r.stream()
 	s.typ, s.body, s.p, s.err, s.fresh = m.typ, m.body, m.p, nil, 0
+	s.relay = m.relay
 	s.l = nil
 	s.state.Store(streamGone)
 	if m.body != nil {
 		s.l = m.from
 		s.state.Store(streamIdle)
+		r.openLink = m.from
 	}
 	r.opened = true
+}
+
+// stream returns the Reader's io.Reader, made on first use; r.mu is held.
+func (r *reader) stream() *stream {
+	if r.sr == nil {
+		r.sr = &stream{r: r}
+	}
+	return r.sr
 }
 
 func (s *stream) Read(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
+	}
+	if s.relay != nil {
+		return s.readRelay(p)
 	}
 	if s.body == nil {
 		if len(s.p) == 0 {
@@ -135,7 +146,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	r.clearLinkLocked(s.l)
 	if errors.Is(err, websocket.ErrMessageTooBig) {
-		r.toldTooBig = true
+		r.toldTooBigOn(s.l)
 		s.err = fmt.Errorf("tether: read: a message from the server was over the read limit and was dropped with its link: %w", err)
 	} else {
 		s.err = fmt.Errorf("tether: read: %w: the message was cut short: %w", ErrLinkLost, err)
@@ -151,6 +162,11 @@ func (s *stream) gone() error {
 	case s.r.discarding.Load():
 		// CloseRead took the rest of the message to drop it.
 		s.err = errReadClosed
+	case s.l.failed() && errors.Is(s.l.err, websocket.ErrMessageTooBig):
+		s.r.mu.Lock()
+		s.r.toldTooBigOn(s.l)
+		s.r.mu.Unlock()
+		s.err = fmt.Errorf("tether: read: a message from the server was over the read limit and was dropped with its link: %w", s.l.err)
 	case s.l.failed():
 		s.err = fmt.Errorf("tether: read: %w: the message was cut short: %w", ErrLinkLost, s.l.err)
 	default:
@@ -185,4 +201,29 @@ func (s *stream) count(n int) {
 	if c := s.r.conn; c != nil && n > 0 {
 		c.stats.bytesIn.Add(uint64(n))
 	}
+}
+
+// readRelay reads a body the background reader passes on (see relay).
+func (s *stream) readRelay(p []byte) (int, error) {
+	if s.r.discarding.Load() {
+		s.end()
+		s.err = errReadClosed
+		return 0, s.err
+	}
+	n, err := s.relay.Read(p)
+	s.count(n)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, io.EOF):
+		s.end()
+		return n, io.EOF
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		err = fmt.Errorf("tether: read: a message from the server was over the read limit and was dropped with its link: %w", err)
+	default:
+		err = fmt.Errorf("tether: read: %w: the message was cut short: %w", ErrLinkLost, err)
+	}
+	s.end()
+	s.err = err
+	return n, err
 }
