@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +34,50 @@ var (
 	_ wsConn = (*websocket.Conn)(nil)
 	_ wsConn = (*tether.Conn)(nil)
 )
+
+// wsConnAll is the whole method set of *websocket.Conn (coder/websocket
+// v1.8): code written against any of it takes a *tether.Conn too.
+type wsConnAll interface {
+	Read(context.Context) (websocket.MessageType, []byte, error)
+	Reader(context.Context) (websocket.MessageType, io.Reader, error)
+	Write(context.Context, websocket.MessageType, []byte) error
+	Writer(context.Context, websocket.MessageType) (io.WriteCloser, error)
+	CloseRead(context.Context) context.Context
+	SetReadLimit(int64)
+	Subprotocol() string
+	Ping(context.Context) error
+	Close(websocket.StatusCode, string) error
+	CloseNow() error
+}
+
+var (
+	_ wsConnAll = (*websocket.Conn)(nil)
+	_ wsConnAll = (*tether.Conn)(nil)
+)
+
+// The interface above stays the whole method set of the coder/websocket in
+// go.mod: every exported method of *websocket.Conn is on *tether.Conn, with
+// the same signature.
+func TestDropinMethodSet(t *testing.T) {
+	t.Parallel()
+	ws, tc := reflect.TypeOf((*websocket.Conn)(nil)), reflect.TypeOf((*tether.Conn)(nil))
+	all := reflect.TypeOf((*wsConnAll)(nil)).Elem()
+	require.Equal(t, ws.NumMethod(), all.NumMethod(), "wsConnAll lists every method of *websocket.Conn")
+	for i := range ws.NumMethod() {
+		m := ws.Method(i)
+		tm, ok := tc.MethodByName(m.Name)
+		require.True(t, ok, "*tether.Conn has %s", m.Name)
+		// Without the receiver, the signatures match.
+		require.Equal(t, m.Type.NumIn(), tm.Type.NumIn(), m.Name)
+		for j := 1; j < m.Type.NumIn(); j++ {
+			require.Equal(t, m.Type.In(j), tm.Type.In(j), "%s argument %d", m.Name, j)
+		}
+		require.Equal(t, m.Type.NumOut(), tm.Type.NumOut(), m.Name)
+		for j := range m.Type.NumOut() {
+			require.Equal(t, m.Type.Out(j), tm.Type.Out(j), "%s result %d", m.Name, j)
+		}
+	}
+}
 
 // dropinRoutine is application code written for a *websocket.Conn: echo
 // round trips, a ping while a Read waits, a close handshake, and the

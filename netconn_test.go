@@ -1,0 +1,133 @@
+package tether_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tetherws/tether"
+)
+
+// In session mode NetConn is a byte stream that survives resets and a
+// switch from WebSocket to long polling: every byte comes back exactly
+// once, in order, through a server that echoes each message.
+func TestNetConnSessionByteStream(t *testing.T) {
+	t.Parallel()
+	ss := newSessionServer(t, sessionEcho)
+	p, err := faultnetListen(ss.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	c := dial(t, "ws://"+p.Addr(), tether.WithFallback(""))
+	require.Equal(t, tether.WebSocket, c.Transport())
+	ctx := ctxT(t, 60*time.Second)
+	nc := tether.NetConn(ctx, c, websocket.MessageBinary)
+
+	const total = 256 << 10
+	src := make([]byte, total)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range src {
+		src[i] = byte(rng.Uint32())
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		for off, i := 0, 0; off < total; i++ {
+			n := min(1+(i*7919)%4000, total-off)
+			if _, err := nc.Write(src[off : off+n]); err != nil {
+				wrote <- err
+				return
+			}
+			off += n
+		}
+		wrote <- nil
+	}()
+
+	// At these many bytes read back: a reset, another, then a reset while
+	// the path stops passing WebSocket, so that the Conn goes on polling.
+	faults := []struct {
+		at  int
+		act func()
+	}{
+		{32 << 10, p.Reset},
+		{96 << 10, p.Reset},
+		{160 << 10, func() { ss.setBlock(true); p.Reset() }},
+	}
+	got := make([]byte, 0, total)
+	buf := make([]byte, 1500)
+	for i := 0; len(got) < total; i++ {
+		require.Less(t, i, total, "every Read returns bytes")
+		if len(faults) > 0 && len(got) >= faults[0].at {
+			faults[0].act()
+			faults = faults[1:]
+		}
+		require.NoError(t, nc.SetReadDeadline(time.Now().Add(20*time.Second)))
+		n, err := nc.Read(buf)
+		require.NoError(t, err, "after %d bytes", len(got))
+		got = append(got, buf[:n]...)
+	}
+	require.NoError(t, <-wrote)
+	require.Equal(t, sha256.Sum256(src), sha256.Sum256(got), "every byte once, in order")
+	require.Equal(t, tether.Polling, c.Transport())
+	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(2))
+
+	// Nothing more comes: the read deadline ends the wait.
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	_, err = nc.Read(buf)
+	requireTimeout(t, err)
+	require.NoError(t, nc.Close())
+}
+
+// requireTimeout checks that err is a deadline's error as coder/websocket's
+// NetConn gives it: a net.Error whose Timeout is true, wrapping
+// context.DeadlineExceeded (and for tether os.ErrDeadlineExceeded too).
+func requireTimeout(t *testing.T, err error) {
+	t.Helper()
+	var ne net.Error
+	require.True(t, errors.As(err, &ne), "a net.Error: %v", err)
+	require.True(t, ne.Timeout(), "Timeout: %v", err)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+// Deadlines: a Read or Write waiting when its deadline passes fails with a
+// timeout error, as coder/websocket's NetConn does, and later calls fail at
+// once until the deadline moves; unlike coder's, the link stays intact and
+// a Write cut short by its deadline sends nothing.
+func TestNetConnDeadlines(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t, nil) // echoes
+	{
+		c := dial(t, s.URL())
+		nc := tether.NetConn(context.Background(), c, websocket.MessageBinary)
+		buf := make([]byte, 10)
+		for range 3 {
+			require.NoError(t, nc.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
+			_, err := nc.Read(buf)
+			requireTimeout(t, err)
+			require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+			// Until it is moved, the deadline fails Read at once.
+			_, err = nc.Read(buf)
+			requireTimeout(t, err)
+		}
+		require.NoError(t, nc.SetWriteDeadline(time.Now().Add(-time.Second)))
+		_, err := nc.Write([]byte("never"))
+		requireTimeout(t, err)
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+
+		require.NoError(t, nc.SetDeadline(time.Time{}))
+		_, err = nc.Write([]byte("hello"))
+		require.NoError(t, err)
+		require.NoError(t, nc.SetReadDeadline(time.Now().Add(10*time.Second)))
+		n, err := nc.Read(buf)
+		require.NoError(t, err)
+		require.Equal(t, "hello", string(buf[:n]), "the write cut by its deadline sent nothing")
+		require.Zero(t, c.Stats().Reconnects, "deadlines never harm the link")
+		require.NoError(t, nc.Close())
+	}
+}
