@@ -590,11 +590,14 @@ func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
 	if r.handBody(l, typ, rd) {
 		return false
 	}
-	r.mu.Lock()
 	// A Read is waiting, or took a message, or CloseRead was called: the
 	// message is read now and goes the usual way.
-	r.mu.Unlock()
-	p, err := io.ReadAll(rd)
+	p, taken, err := r.readBody(l, typ, rd)
+	if taken && err == nil {
+		// A Reader has it.
+		l.touch()
+		return true
+	}
 	r.mu.Lock()
 	if err != nil {
 		r.bg = false
