@@ -33,6 +33,12 @@
 // application does not read, up to 1 MiB or 1024 unread messages; an
 // application that never reads calls [Conn.CloseRead].
 //
+// [Conn] has every method of *websocket.Conn: [Conn.Reader] and [Conn.Writer]
+// stream a message in and out, and [NetConn] runs a byte stream over a Conn.
+// In session mode a message cut by a dropped link comes again whole, and a
+// NetConn's stream survives drops and moves between transports, every byte
+// once and in order.
+//
 // # Session mode
 //
 // Against a server that uses [Handler], the Conn runs in session mode by

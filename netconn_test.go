@@ -131,3 +131,39 @@ func TestNetConnDeadlines(t *testing.T) {
 		require.NoError(t, nc.Close())
 	}
 }
+
+// In plain mode the stream lives as long as its first link: once a reset
+// takes that link, Read and Write fail with ErrLinkLost (bytes in flight may
+// be lost, so the stream cannot go on over the next link), while the Conn
+// itself reconnects and carries messages again.
+func TestNetConnPlainEndsWithItsLink(t *testing.T) {
+	t.Parallel()
+	s := newTestServer(t, nil) // echoes
+	p, err := faultnetListen(s.Addr())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	c := dial(t, "ws://"+p.Addr())
+	ctx := ctxT(t, 20*time.Second)
+	nc := tether.NetConn(ctx, c, websocket.MessageBinary)
+	_, err = nc.Write([]byte("ping"))
+	require.NoError(t, err)
+	buf := make([]byte, 10)
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(10*time.Second)))
+	n, err := nc.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(buf[:n]))
+
+	p.Reset()
+	_, err = nc.Read(buf)
+	require.ErrorIs(t, err, tether.ErrLinkLost)
+	_, err = nc.Read(buf)
+	require.ErrorIs(t, err, tether.ErrLinkLost, "the error stays")
+	_, err = nc.Write([]byte("lost"))
+	require.ErrorIs(t, err, tether.ErrLinkLost)
+
+	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("again")))
+	_, got, err := c.Read(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "again", string(got), "the Conn goes on over the next link")
+	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(1))
+}

@@ -21,7 +21,9 @@ import (
 // Reader rides through reconnects as Read does and reports the same errors.
 //
 // On a plain link the body is read from the socket as the application reads
-// it, into the application's buffer, on its goroutine. When the link is lost
+// it, into the application's buffer, on its goroutine; a message that began
+// to arrive while nobody was reading is returned at once all the same, its
+// body passed on as it comes. When the link is lost
 // in the middle of the body, the io.Reader's Read returns an error wrapping
 // ErrLinkLost: the rest of that message is gone, and the next Reader returns
 // the next message, from the next link. In session mode a message is
