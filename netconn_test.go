@@ -36,21 +36,10 @@ func TestNetConnSessionByteStream(t *testing.T) {
 	for i := range src {
 		src[i] = byte(rng.Uint32())
 	}
-	wrote := make(chan error, 1)
-	go func() {
-		for off, i := 0, 0; off < total; i++ {
-			n := min(1+(i*7919)%4000, total-off)
-			if _, err := nc.Write(src[off : off+n]); err != nil {
-				wrote <- err
-				return
-			}
-			off += n
-		}
-		wrote <- nil
-	}()
-
-	// At these many bytes read back: a reset, another, then a reset while
-	// the path stops passing WebSocket, so that the Conn goes on polling.
+	// At these many bytes written: a reset, another, then a reset while the
+	// path stops passing WebSocket, so that the Conn goes on polling. The
+	// test keeps about 16 KiB in flight, so that every reset finds bytes
+	// going both ways.
 	faults := []struct {
 		at  int
 		act func()
@@ -59,20 +48,31 @@ func TestNetConnSessionByteStream(t *testing.T) {
 		{96 << 10, p.Reset},
 		{160 << 10, func() { ss.setBlock(true); p.Reset() }},
 	}
+	const inFlight = 16 << 10
 	got := make([]byte, 0, total)
 	buf := make([]byte, 1500)
-	for i := 0; len(got) < total; i++ {
-		require.Less(t, i, total, "every Read returns bytes")
-		if len(faults) > 0 && len(got) >= faults[0].at {
+	read := func(upTo int) {
+		for i := 0; len(got) < upTo; i++ {
+			require.Less(t, i, total, "every Read returns bytes")
+			require.NoError(t, nc.SetReadDeadline(time.Now().Add(20*time.Second)))
+			n, err := nc.Read(buf)
+			require.NoError(t, err, "after %d bytes", len(got))
+			got = append(got, buf[:n]...)
+		}
+	}
+	for off, i := 0, 0; off < total; i++ {
+		if len(faults) > 0 && off >= faults[0].at {
 			faults[0].act()
 			faults = faults[1:]
 		}
-		require.NoError(t, nc.SetReadDeadline(time.Now().Add(20*time.Second)))
-		n, err := nc.Read(buf)
-		require.NoError(t, err, "after %d bytes", len(got))
-		got = append(got, buf[:n]...)
+		n := min(1+(i*7919)%4000, total-off)
+		require.NoError(t, nc.SetWriteDeadline(time.Now().Add(20*time.Second)))
+		_, err := nc.Write(src[off : off+n])
+		require.NoError(t, err, "after %d bytes", off)
+		off += n
+		read(off - inFlight)
 	}
-	require.NoError(t, <-wrote)
+	read(total)
 	require.Equal(t, sha256.Sum256(src), sha256.Sum256(got), "every byte once, in order")
 	require.Equal(t, tether.Polling, c.Transport())
 	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(2))
