@@ -44,7 +44,7 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 			// The message is gone with its link; the application is told
 			// once, and the reconnects that follow are spaced by the
 			// backoff, since such a link does not prove itself.
-			c.rd.reportTooBig(l, fmt.Errorf("tether: read: a message from the server was over the read limit of %d bytes and was dropped with its link: %w",
+			c.rd.reportTooBig(fmt.Errorf("tether: read: a message from the server was over the read limit of %d bytes and was dropped with its link: %w",
 				c.currentReadLimit(), websocket.ErrMessageTooBig))
 		}
 		if c.ctx.Err() != nil {
@@ -128,8 +128,11 @@ func (c *Conn) connect(ctx context.Context, from State, cause error, fresh bool)
 		}
 		c.stats.dials.Add(1)
 		viaPolling := c.onPolling()
-		l, err := aside(func() (*liveLink, error) { return c.attempt(ctx, from == Reconnecting) })
+		l, err := aside(func() (*liveLink, error) { return c.attempt(ctx) })
 		if err == nil {
+			if from == Reconnecting {
+				c.stats.reconnects.Add(1)
+			}
 			c.setState(Connected, c.connectCause(l), attempt)
 			c.logf(slog.LevelInfo, "connected", l.transport, attempt)
 			return l, nil
@@ -287,9 +290,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // attempt opens one link, runs the OnConnect hook, and flushes the send
-// queue. A reconnect is counted before the link carries a message, so that
-// an application that has read one from it sees the count.
-func (c *Conn) attempt(ctx context.Context, reconnect bool) (*liveLink, error) {
+// queue.
+func (c *Conn) attempt(ctx context.Context) (*liveLink, error) {
 	var (
 		l   *liveLink
 		err error
@@ -305,16 +307,7 @@ func (c *Conn) attempt(ctx context.Context, reconnect bool) (*liveLink, error) {
 	if err != nil {
 		return nil, err
 	}
-	if reconnect {
-		c.stats.reconnects.Add(1)
-	}
-	if err := c.bringUp(ctx, l); err != nil {
-		if reconnect {
-			c.stats.reconnects.Add(^uint64(0))
-		}
-		return l, err
-	}
-	return l, nil
+	return l, c.bringUp(ctx, l)
 }
 
 // bringUp makes l the link that Read uses, runs the OnConnect hook, and
