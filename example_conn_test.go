@@ -63,14 +63,17 @@ func ExampleConn_Write() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	reconnecting := make(chan struct{}, 1)
+	reconnecting, reconnected := make(chan struct{}, 1), make(chan struct{}, 1)
 	c, err := tether.Dial(ctx, srv.URL,
 		// Half a second between attempts: the Writes below find the Conn
 		// between links.
 		tether.WithBackoff(func() backoff.BackOff { return backoff.NewConstantBackOff(500 * time.Millisecond) }),
 		tether.WithStateHook(func(sc tether.StateChange) {
-			if sc.To == tether.Reconnecting {
+			switch {
+			case sc.To == tether.Reconnecting:
 				reconnecting <- struct{}{}
+			case sc.To == tether.Connected && sc.From == tether.Reconnecting:
+				reconnected <- struct{}{}
 			}
 		}),
 	)
@@ -97,6 +100,8 @@ func ExampleConn_Write() {
 		}
 		fmt.Println("echo:", string(p))
 	}
+	// The queue goes out as the link comes up, before the Conn reports it.
+	<-reconnected
 	fmt.Println("reconnects:", c.Stats().Reconnects)
 	// Output:
 	// queued: 2

@@ -44,7 +44,7 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 			// The message is gone with its link; the application is told
 			// once, and the reconnects that follow are spaced by the
 			// backoff, since such a link does not prove itself.
-			c.rd.reportTooBig(fmt.Errorf("tether: read: a message from the server was over the read limit of %d bytes and was dropped with its link: %w",
+			c.rd.reportTooBig(l, fmt.Errorf("tether: read: a message from the server was over the read limit of %d bytes and was dropped with its link: %w",
 				c.currentReadLimit(), websocket.ErrMessageTooBig))
 		}
 		if c.ctx.Err() != nil {
