@@ -234,6 +234,11 @@ func TestReaderPlainMessageCutByDrop(t *testing.T) {
 // after the resume; the Reader never sees part of it, nor anything twice.
 func TestReaderSessionMessageCutByDrop(t *testing.T) {
 	t.Parallel()
+	t.Run("websocket", func(t *testing.T) { t.Parallel(); readerSessionCut(t, false) })
+	t.Run("polling", func(t *testing.T) { t.Parallel(); readerSessionCut(t, true) })
+}
+
+func readerSessionCut(t *testing.T, polling bool) {
 	big := make([]byte, 300<<10)
 	for i := range big {
 		big[i] = byte(i * 7)
@@ -252,13 +257,18 @@ func TestReaderSessionMessageCutByDrop(t *testing.T) {
 		}
 		_, _, _ = s.Read(ctx)
 	})
+	ss.setBlock(polling)
 	p, err := faultnetListen(ss.Addr())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Close() })
-	// The first link is reset once 100 KiB have come from the server: in the
-	// middle of the big message.
+	// The first connection is reset once 100 KiB have come from the server:
+	// in the middle of the big message (on polling, of the poll that
+	// carries it).
 	p.DropAfter(100 << 10)
-	c := dial(t, "ws://"+p.Addr(), tether.WithReadLimit(1<<20))
+	c := dial(t, "ws://"+p.Addr(), tether.WithReadLimit(1<<20), tether.WithFallback(""))
+	if polling {
+		require.Equal(t, tether.Polling, c.Transport())
+	}
 	ctx := ctxT(t, 20*time.Second)
 	for i := range 5 {
 		_, got, err := readSmall(ctx, c, 3)
@@ -272,7 +282,9 @@ func TestReaderSessionMessageCutByDrop(t *testing.T) {
 	_, got, err = readSmall(ctx, c, 100)
 	require.NoError(t, err)
 	require.Equal(t, "after", string(got))
-	require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(1), "the link was cut")
+	if !polling {
+		require.GreaterOrEqual(t, c.Stats().Reconnects, uint64(1), "the link was cut")
+	}
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	_, _, err = c.Reader(short)
