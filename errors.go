@@ -44,6 +44,13 @@ var (
 	// ErrSessionLost reports that a session could not be resumed and messages
 	// may have been lost in between.
 	ErrSessionLost = errors.New("tether: session lost")
+
+	// ErrShuttingDown is returned by Session.Read once Handler.Shutdown has
+	// begun, so that serve can finish and return; the messages serve did
+	// not read are replayed by the client to whoever serves the session
+	// next. Session.Write keeps working until serve returns; a Write made
+	// after the session was handed over fails with an error wrapping it.
+	ErrShuttingDown = errors.New("tether: handler shutting down")
 )
 
 // HandshakeError reports a WebSocket handshake that the server answered with
