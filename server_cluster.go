@@ -39,10 +39,10 @@ type handlerCluster struct {
 	lookups  tokenBucket
 	left     bool
 
-	kick     chan struct{}      // wakes the loop for releases
-	loopCtx  context.Context    // ends when the loop is told to stop
-	stop     context.CancelFunc // tells the loop to stop
-	done     chan struct{}      // closed when the loop has returned
+	kick    chan struct{}      // wakes the loop for releases
+	loopCtx context.Context    // ends when the loop is told to stop
+	stop    context.CancelFunc // tells the loop to stop
+	done    chan struct{}      // closed when the loop has returned
 }
 
 // release is a session's release, waiting for the renewal goroutine.
