@@ -364,9 +364,8 @@ func (f *forwarder) errorHandler(w http.ResponseWriter, r *http.Request, err err
 	if to, ok := r.Context().Value(forwardKey{}).(*forwardTo); ok {
 		f.cl.routes.drop(to.id)
 	}
-	if r.Context().Err() != nil {
-		return // the client went away, or the Handler is closing
-	}
+	// Answered even when the Handler is closing the forward: the client
+	// tries again elsewhere. One that went away does not read it.
 	h := f.cl.h
 	h.log.Debug("cluster: forward failed", slog.Any("err", err))
 	w.Header().Set(headerProtocol, Subprotocol)
