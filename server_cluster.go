@@ -35,6 +35,7 @@ type handlerCluster struct {
 	owned    map[[16]byte]*Session // session-mode sessions held here, claimed (lease set) or not yet
 	releases []release             // releases to make, oldest first
 	down     bool                  // the last call failed: new sessions are not claimed until a Renew works
+	outage   bool                  // an outage was logged, and its end was not yet
 	routes   routeCache
 	lookups  tokenBucket
 	left     bool
@@ -184,17 +185,25 @@ func (cl *handlerCluster) run() {
 		case <-cl.loopCtx.Done():
 			return
 		case <-cl.kick:
-			ctx, cancel := context.WithTimeout(cl.loopCtx, cl.c.RenewInterval())
+			ctx, cancel := context.WithTimeout(cl.loopCtx, cl.tickWait())
 			cl.makeReleases(ctx)
 			cancel()
 			continue
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(cl.loopCtx, cl.c.RenewInterval())
+		ctx, cancel := context.WithTimeout(cl.loopCtx, cl.tickWait())
 		cl.tick(ctx)
 		cancel()
 		t.Reset(cl.c.RenewInterval())
 	}
+}
+
+// tickWait bounds one round of the renewal goroutine's calls. Each call is
+// bounded by the Cluster's own timeout, which the round must leave room
+// for: a caller's ctx that ends first would hide whether the directory
+// answered.
+func (cl *handlerCluster) tickWait() time.Duration {
+	return max(cl.c.RenewInterval(), 5*time.Second)
 }
 
 // tick renews, claims and releases, within ctx.
@@ -233,13 +242,10 @@ func (cl *handlerCluster) tick(ctx context.Context) {
 // health records whether the directory answered, and logs an outage once
 // when it begins and once when it ends.
 func (cl *handlerCluster) health(err error) {
-	down := errors.Is(err, ErrClusterUnavailable)
-	if err != nil && !down {
-		cl.h.log.Warn("cluster: renew failed", slog.Any("err", err))
-	}
+	down := err != nil
 	cl.mu.Lock()
-	was := cl.down
-	cl.down = down
+	was := cl.outage
+	cl.down, cl.outage = down, down
 	cl.mu.Unlock()
 	switch {
 	case down && !was:
@@ -281,8 +287,7 @@ func (cl *handlerCluster) makeReleases(ctx context.Context) {
 		cl.mu.Unlock()
 		err := cl.c.Release(ctx, r.lease, r.note, cl.h.opts.sessionTTL)
 		if errors.Is(err, ErrClusterUnavailable) || ctx.Err() != nil {
-			cl.health(err)
-			return
+			return // tried again on the next tick
 		}
 		cl.mu.Lock()
 		if len(cl.releases) > 0 && cl.releases[0].lease == r.lease {
