@@ -44,7 +44,23 @@ func (in *instance) addr() string { return in.srv.Listener.Addr().String() }
 // startInstance starts a Handler on srv's Redis, serving lg.echo.
 func startInstance(t *testing.T, srv *redistest.Server, name string, lg *ledger, opts ...tether.HandlerOption) *instance {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startInstanceAt(t, srv, name, "127.0.0.1:0", lg, opts...)
+}
+
+// startInstanceAt is startInstance on the address addr: a new instance in
+// the place of one that stopped, as a deploy restarts a server.
+func startInstanceAt(t *testing.T, srv *redistest.Server, name, addr string, lg *ledger, opts ...tether.HandlerOption) *instance {
+	t.Helper()
+	var (
+		ln  net.Listener
+		err error
+	)
+	for range 50 { // the port was in use a moment ago
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
