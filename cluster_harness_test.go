@@ -83,8 +83,9 @@ func (n *node) crash() {
 // makes, and able to play dead.
 type testDirectory struct {
 	tether.Cluster
-	lookups atomic.Int64
-	dead    atomic.Bool
+	lookups   atomic.Int64
+	dead      atomic.Bool
+	parkDelay time.Duration // each Park takes this long more
 }
 
 var errDead = fmt.Errorf("test: instance crashed: %w", tether.ErrClusterUnavailable)
@@ -122,6 +123,7 @@ func (d *testDirectory) Park(ctx context.Context, l tether.Lease, state []byte, 
 	if d.dead.Load() {
 		return errDead
 	}
+	time.Sleep(d.parkDelay)
 	return d.Cluster.Park(ctx, l, state, ttl)
 }
 
@@ -215,6 +217,15 @@ func (lg *ledger) onlySession(t *testing.T) (id string, starts, handed int) {
 		return id, n, lg.handed[id]
 	}
 	return "", 0, 0
+}
+
+// stopped returns the Read error that ended the serve of session id, if
+// it has ended.
+func (lg *ledger) stopped(id string) (error, bool) {
+	lg.mu.Lock()
+	defer lg.mu.Unlock()
+	err, ok := lg.stopErr[id]
+	return err, ok
 }
 
 func (lg *ledger) messages(id string) []string {

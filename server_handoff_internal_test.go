@@ -3,9 +3,11 @@ package tether
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,3 +229,37 @@ func (*nopCluster) TakeParked(context.Context, SessionID) (Lease, []byte, error)
 	return Lease{}, nil, ErrNotParked
 }
 func (*nopCluster) Leave(context.Context) error { return errors.New("nop") }
+
+// countingNop is nopCluster counting its lookups, and saying every session
+// is unknown.
+type countingNop struct {
+	nopCluster
+	lookups atomic.Int64
+}
+
+func (c *countingNop) Lookup(context.Context, SessionID) (Owner, error) {
+	c.lookups.Add(1)
+	return Owner{Status: OwnerUnknown}, nil
+}
+
+// Requests for made-up session ids cost at most the lookup rate: beyond
+// it, they are answered "try again" without asking the directory.
+func TestLookupRateLimit(t *testing.T) {
+	dir := &countingNop{}
+	h := NewHandler(func(context.Context, *Session) {}, WithCluster(dir))
+	defer h.Close()
+	h.cl.lookups = newTokenBucket(1, 10) // one a second, ten at once
+	codes := map[int]int{}
+	for i := range 100 {
+		var id [16]byte
+		id[0], id[1] = byte(i), 1
+		req := httptest.NewRequest(http.MethodGet, "/ws?tether=poll&ack=0&sid="+hex.EncodeToString(id[:]), nil)
+		req.Header.Set(headerSecret, hex.EncodeToString(id[:]))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		codes[rec.Code]++
+	}
+	require.LessOrEqual(t, dir.lookups.Load(), int64(11), "lookups within the limit")
+	require.GreaterOrEqual(t, codes[http.StatusServiceUnavailable], 89, "%v", codes)
+	require.Equal(t, 100, codes[http.StatusServiceUnavailable]+codes[http.StatusNotFound], "%v", codes)
+}
