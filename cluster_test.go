@@ -531,3 +531,89 @@ func TestClusterHandoffWrites(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "after", string(p2))
 }
+
+// A session is recorded before its client learns its id: a client whose
+// first link drops at once, and that comes back through another instance,
+// finds it.
+func TestClusterClaimBeforeHello(t *testing.T) {
+	t.Parallel()
+	store := clustertest.NewStore(testLease)
+	lg := newLedger()
+	a := newNode(t, "a", store, lg.echo)
+	b := newNode(t, "b", store, lg.echo)
+	// Past the new directory's first lease, a session it does not know is
+	// lost, not "try again".
+	eventually(t, 3*testLease, func() bool {
+		o, err := b.dir.Lookup(context.Background(), tether.SessionID{1})
+		return err == nil && o.Status == tether.OwnerUnknown
+	}, "the directory settles")
+	p := lostProxy(t, a.addr())
+	ev := newEvents()
+	tk := &talker{c: dial(t, "ws://"+p.Addr()+"/ws", ev.option())}
+	p.SetTarget(b.addr())
+	p.Reset()
+	tk.exchange(t, 3, 5*time.Second)
+	noLostSession(t, ev)
+	_, starts, _ := lg.onlySession(t)
+	require.Equal(t, 1, starts)
+}
+
+// While the directory is out of reach, an instance forwards to the owner
+// it last heard of: a client that moves between instances keeps its
+// session.
+func TestClusterDirectoryDownForwards(t *testing.T) {
+	t.Parallel()
+	store := clustertest.NewStore(testLease)
+	lg := newLedger()
+	a := newNode(t, "a", store, lg.echo)
+	b := newNode(t, "b", store, lg.echo)
+	p := lostProxy(t, a.addr())
+	ev := newEvents()
+	tk := &talker{c: dial(t, "ws://"+p.Addr()+"/ws", ev.option())}
+	tk.exchange(t, 3, 5*time.Second)
+	p.SetTarget(b.addr())
+	p.Reset()
+	tk.exchange(t, 3, 5*time.Second) // b learns where the session is
+
+	store.SetDown(true)
+	p.Reset()
+	tk.exchange(t, 3, 5*time.Second)
+	noLostSession(t, ev)
+	require.GreaterOrEqual(t, b.h.Stats().Forwarded, uint64(2))
+	_, starts, _ := lg.onlySession(t)
+	require.Equal(t, 1, starts)
+}
+
+// A session whose state is over WithHandoffLimit is not handed over: its
+// client is told the session was lost, and goes on with a new one.
+func TestClusterHandoffTooLarge(t *testing.T) {
+	t.Parallel()
+	store := clustertest.NewStore(testLease)
+	big := make([]byte, 8<<10)
+	wrote := make(chan struct{})
+	serve := func(ctx context.Context, s *tether.Session) {
+		if !s.HandedOver() {
+			// More than the limit, which the client does not read.
+			for range 4 {
+				_ = s.Write(ctx, websocket.MessageBinary, big)
+			}
+			close(wrote)
+		}
+		sessionEcho(ctx, s)
+	}
+	a := newNode(t, "a", store, serve, tether.WithHandoffLimit(16<<10))
+	b := newNode(t, "b", store, sessionEcho)
+	p := lostProxy(t, a.addr())
+	ev := newEvents()
+	c := dial(t, "ws://"+p.Addr()+"/ws", ev.option())
+	<-wrote
+	p.SetTarget(b.addr())
+	err := a.h.Shutdown(ctxT(t, 10*time.Second))
+	require.ErrorContains(t, err, "1 sessions could not be handed over")
+	require.Zero(t, a.h.Stats().HandedOver)
+	sc := ev.next(t, tether.Connected, 10*time.Second) // the first
+	require.NoError(t, sc.Cause)
+	sc = ev.next(t, tether.Connected, 10*time.Second)
+	require.ErrorIs(t, sc.Cause, tether.ErrSessionLost)
+	_ = c
+}
