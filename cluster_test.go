@@ -73,6 +73,7 @@ func TestClusterForwardPolling(t *testing.T) {
 		require.Positive(t, rr.hitsOf(n.name), "every instance got requests")
 	}
 	require.Positive(t, forwarded, "polls reached the owner through the others")
+	require.Zero(t, tk.c.Stats().Reconnects, "no poll failed for want of its session")
 	noLostSession(t, ev)
 }
 

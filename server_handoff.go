@@ -310,11 +310,9 @@ func (h *Handler) park(ctx context.Context, s *Session) bool {
 		err = cl.c.Park(ctx, l, state, h.opts.sessionTTL)
 	}
 	if err != nil {
+		// Its record stays this instance's, which leaves the cluster: a
+		// client that comes back is told the session is lost.
 		h.log.Warn("cluster: session not handed over; it is lost", slog.String("session", s.idStr), slog.Any("err", err))
-		if l.Epoch != 0 && errors.Is(err, errTooLargeToPark) {
-			// Its record goes: the client is told the session is lost.
-			_ = cl.c.Release(ctx, l, nil, 0)
-		}
 		s.finish(websocket.StatusServiceRestart, "server shutting down",
 			fmt.Errorf("tether: session %s could not be handed over (%w): %w", s.idStr, err, ErrSessionLost), leaveGone)
 		return false

@@ -35,7 +35,11 @@ func TestHandlersBehindNginx(t *testing.T) {
 		tk.run(5 * time.Millisecond)
 		talkers = append(talkers, tk)
 	}
+	before := srv.CommandCalls(t)
+	start := time.Now()
 	time.Sleep(2 * time.Second)
+	after := srv.CommandCalls(t)
+	elapsed := time.Since(start)
 	forwarded := uint64(0)
 	for _, in := range ins {
 		forwarded += in.h.Stats().Forwarded
@@ -43,7 +47,21 @@ func TestHandlersBehindNginx(t *testing.T) {
 	if forwarded == 0 {
 		t.Fatal("no poll was forwarded: nginx did not spread them")
 	}
-	t.Logf("requests forwarded in 2 s: %d", forwarded)
+	for _, tk := range talkers {
+		if n := tk.c.Stats().Reconnects; n != 0 {
+			t.Errorf("%s: %d reconnects: its polls did not all reach its session", tk.name, n)
+		}
+	}
+	// Polls reuse the directory's answer for a renewal interval: the
+	// round trips to Redis are the renewals, and a lookup per session and
+	// instance per interval at most, however many polls there are.
+	calls := after["evalsha"] + after["eval"] - before["evalsha"] - before["eval"]
+	intervals := elapsed.Seconds()/(testLease/3).Seconds() + 1
+	bound := intervals * float64(len(ins)+len(talkers)*len(ins))
+	t.Logf("in %v: %d requests forwarded, %d Redis round trips (bound %.0f)", elapsed.Round(time.Millisecond), forwarded, calls, bound)
+	if float64(calls) > bound+5 {
+		t.Errorf("%d Redis round trips for %d forwarded requests in %v: polls are not reusing the directory's answer", calls, forwarded, elapsed)
+	}
 
 	for i, old := range ins {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
