@@ -42,14 +42,20 @@ type instance struct {
 func (in *instance) addr() string { return in.srv.Listener.Addr().String() }
 
 // startInstance starts a Handler on srv's Redis, serving lg.echo.
-func startInstance(t *testing.T, srv *redistest.Server, name string, lg *ledger, opts ...tether.HandlerOption) *instance {
+func startInstance(t testing.TB, srv *redistest.Server, name string, lg *ledger, opts ...tether.HandlerOption) *instance {
 	t.Helper()
 	return startInstanceAt(t, srv, name, "127.0.0.1:0", lg, opts...)
 }
 
 // startInstanceAt is startInstance on the address addr: a new instance in
 // the place of one that stopped, as a deploy restarts a server.
-func startInstanceAt(t *testing.T, srv *redistest.Server, name, addr string, lg *ledger, opts ...tether.HandlerOption) *instance {
+func startInstanceAt(t testing.TB, srv *redistest.Server, name, addr string, lg *ledger, opts ...tether.HandlerOption) *instance {
+	t.Helper()
+	return startServing(t, srv, name, addr, lg.echo, opts...)
+}
+
+// startServing starts an instance at addr that serves sessions with serve.
+func startServing(t testing.TB, srv *redistest.Server, name, addr string, serve func(context.Context, *tether.Session), opts ...tether.HandlerOption) *instance {
 	t.Helper()
 	var (
 		ln  net.Listener
@@ -72,7 +78,7 @@ func startInstanceAt(t *testing.T, srv *redistest.Server, name, addr string, lg 
 		tether.WithPollLimits(0, 0, 2*time.Second),
 		tether.WithSessionTTL(time.Minute),
 	}, opts...)
-	in.h = tether.NewHandler(lg.echo, all...)
+	in.h = tether.NewHandler(serve, all...)
 	mux := http.NewServeMux()
 	mux.Handle("/ws", in.h)
 	in.srv = httptest.NewUnstartedServer(mux)
@@ -380,7 +386,7 @@ type balancer struct {
 	wg       sync.WaitGroup
 }
 
-func newBalancer(t *testing.T, backends ...string) *balancer {
+func newBalancer(t testing.TB, backends ...string) *balancer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
