@@ -302,12 +302,18 @@ func (h *Handler) park(ctx context.Context, s *Session) bool {
 	s.seq.mu.Unlock()
 	s.seq.wmu.Unlock()
 	l := cl.leaseOf(s)
-	if err == nil && l.Epoch == 0 {
-		// Opened while the directory was out of reach, and never claimed.
-		l, err = cl.c.Claim(ctx, SessionID(s.id))
-	}
 	if err == nil {
-		err = cl.c.Park(ctx, l, state, h.opts.sessionTTL)
+		err = retryUnavailable(ctx, func() error {
+			if l.Epoch == 0 {
+				// Opened while the directory was out of reach, and never
+				// claimed.
+				var err error
+				if l, err = cl.c.Claim(ctx, SessionID(s.id)); err != nil {
+					return err
+				}
+			}
+			return cl.c.Park(ctx, l, state, h.opts.sessionTTL)
+		})
 	}
 	if err != nil {
 		// Its record stays this instance's, which leaves the cluster: a
@@ -320,4 +326,26 @@ func (h *Handler) park(ctx context.Context, s *Session) bool {
 	h.stats.parked.Add(1)
 	s.finish(websocket.StatusServiceRestart, "service restart", errHandedOver, leaveGone)
 	return true
+}
+
+// retryUnavailable calls fn until it succeeds, fails otherwise than for
+// the directory being out of reach, or ctx ends: a directory slow for a
+// moment under the load of a shutdown must not lose sessions that ctx
+// leaves time to hand over.
+func retryUnavailable(ctx context.Context, fn func() error) error {
+	wait := 10 * time.Millisecond
+	for {
+		err := fn()
+		if !errors.Is(err, ErrClusterUnavailable) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 250*time.Millisecond)
+	}
 }
