@@ -300,7 +300,17 @@ func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, id [16]byte,
 		h.refuseRetry(w, r, "tether: session owner unreachable", true)
 		return
 	}
+	// Counted with the Handler's goroutines, so that Shutdown and Close
+	// wait for it; once they have begun to wait, nothing more may join
+	// (sync.WaitGroup), and the client is told to try again.
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		h.refuseRetry(w, r, "tether: server shutting down", true)
+		return
+	}
 	h.wg.Add(1)
+	h.mu.Unlock()
 	defer h.wg.Done()
 	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), forwardKey{}, &forwardTo{id: id, target: target}))
 	defer cancel()
