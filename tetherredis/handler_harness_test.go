@@ -57,6 +57,12 @@ func startInstanceAt(t testing.TB, srv *redistest.Server, name, addr string, lg 
 // startServing starts an instance at addr that serves sessions with serve.
 func startServing(t testing.TB, srv *redistest.Server, name, addr string, serve func(context.Context, *tether.Session), opts ...tether.HandlerOption) *instance {
 	t.Helper()
+	return startLeased(t, srv, name, addr, testLease, serve, opts...)
+}
+
+// startLeased is startServing with a liveness lease of its own.
+func startLeased(t testing.TB, srv *redistest.Server, name, addr string, lease time.Duration, serve func(context.Context, *tether.Session), opts ...tether.HandlerOption) *instance {
+	t.Helper()
 	var (
 		ln  net.Listener
 		err error
@@ -72,7 +78,7 @@ func startServing(t testing.TB, srv *redistest.Server, name, addr string, serve 
 	}
 	in := &instance{name: name, url: "http://" + ln.Addr().String() + "/ws"}
 	in.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr})
-	c := tetherredis.New(in.rdb, in.url, tetherredis.WithLease(testLease), tetherredis.WithCallTimeout(testCallTimeout))
+	c := tetherredis.New(in.rdb, in.url, tetherredis.WithLease(lease), tetherredis.WithCallTimeout(testCallTimeout))
 	all := append([]tether.HandlerOption{
 		tether.WithCluster(c),
 		tether.WithPollLimits(0, 0, 2*time.Second),

@@ -88,11 +88,20 @@ func TestHandlersRollingDeploy(t *testing.T) {
 // An instance that crashes (no Shutdown) loses its sessions: each of their
 // clients is told once, within the owner's liveness lease and a retry, and
 // goes on with a new session. The other instances' sessions lose nothing.
+//
+// The lease is longer here than in the other tests, so that "within the
+// lease and a retry" (the owner's liveness key runs out at most a lease
+// after the crash; the client was told to come back after a second) is
+// told apart from "when the records run out" (three leases).
 func TestHandlersCrash(t *testing.T) {
 	t.Parallel()
+	const lease = 1500 * time.Millisecond
 	srv := redistest.Start(t)
 	lg := newLedger()
-	ins := startInstances(t, srv, lg, 3)
+	ins := make([]*instance, 3)
+	for i := range ins {
+		ins[i] = startLeased(t, srv, string(rune('a'+i)), "127.0.0.1:0", lease, lg.echo)
+	}
 	b := newBalancer(t, addrs(ins)...)
 	talkers := startTalkers(t, b.wsURL(), 6)
 	time.Sleep(300 * time.Millisecond)
@@ -105,7 +114,8 @@ func TestHandlersCrash(t *testing.T) {
 	crashed := time.Now()
 	victim.crash()
 	b.cut()
-	deadline := crashed.Add(testLease + 5*time.Second)
+	// The lease, one Retry-After (1 s), and a reconnect.
+	deadline := crashed.Add(lease + 2*time.Second)
 	for {
 		lost := 0
 		for _, tk := range talkers {
@@ -185,6 +195,68 @@ func TestHandlersRedisRestartedEmpty(t *testing.T) {
 	}
 	b.cut()
 	time.Sleep(500 * time.Millisecond)
+	finishAll(t, append(talkers, late...))
+	lg.check(t, 0)
+	for _, tk := range append(talkers, late...) {
+		if r, h := tk.lostCount(); r+h > 0 {
+			t.Errorf("%s: session lost (%d, %d)", tk.name, r, h)
+		}
+	}
+	if n := logs.count("WARN cluster: directory unavailable; sessions open and live locally meanwhile"); n != len(ins) {
+		t.Errorf("outage logged %d times by %d instances; want once each: %v", n, len(ins), logs.all())
+	}
+}
+
+// Redis frozen (it holds connections and answers nothing, as a hung server
+// or a network partition does) for longer than its records live: the
+// links up keep working, new sessions open without waiting on Redis
+// beyond the call timeout, clients cut off meanwhile resume (forwarded to
+// the owner last known, or on the owner after a retry), and each instance
+// logs the outage once. Thawed, Redis has let the records run out: the
+// instances write them again, and no session is lost.
+func TestHandlersRedisFrozen(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	lg := newLedger()
+	logs := &recorder{}
+	ins := startInstances(t, srv, lg, 3, tether.WithHandlerLogger(slog.New(logs)))
+	b := newBalancer(t, addrs(ins)...)
+	talkers := startTalkers(t, b.wsURL(), 6)
+	time.Sleep(300 * time.Millisecond)
+
+	srv.Freeze()
+	thawed := false
+	defer func() {
+		if !thawed {
+			srv.Thaw()
+		}
+	}()
+	frozen := time.Now()
+	before := make([]int, len(talkers))
+	for i, tk := range talkers {
+		_, before[i] = tk.counts()
+	}
+	start := time.Now()
+	late := startTalkers(t, b.wsURL(), 3, "late")
+	// Each dial may wait for one Claim, bounded by the call timeout.
+	if took := time.Since(start); took > 3*(testCallTimeout+time.Second) {
+		t.Errorf("3 new sessions took %v to open while Redis was frozen", took)
+	}
+	b.cut()
+	// The records live three leases: wait that long before the thaw.
+	time.Sleep(3*testLease - time.Since(frozen) + 200*time.Millisecond)
+	for i, tk := range talkers {
+		if _, got := tk.counts(); got <= before[i] {
+			t.Errorf("%s: no echo while Redis was frozen (%d before, %d after)", tk.name, before[i], got)
+		}
+	}
+	srv.Thaw()
+	thawed = true
+	// Cut at once: the clients come back before their owners have
+	// written their records again, and must be told "try again", not
+	// "lost".
+	b.cut()
+	time.Sleep(testLease)
 	finishAll(t, append(talkers, late...))
 	lg.check(t, 0)
 	for _, tk := range append(talkers, late...) {
