@@ -15,7 +15,8 @@ import (
 )
 
 // Handler benchmarks: several instances on a real redis-server, in one
-// process, on loopback. See BENCHMARKS.md, "Several instances".
+// process, on loopback, with tetherredis's default lease and call timeout.
+// See BENCHMARKS.md, "Several instances".
 
 // plainEcho echoes every message, as the bench module's servers do.
 func plainEcho(ctx context.Context, s *tether.Session) {
@@ -45,8 +46,8 @@ func forwardedPair(b *testing.B) (direct, forwarded *tether.Conn) {
 func forwardedTrio(b *testing.B) (direct, forwarded, relayed *tether.Conn) {
 	b.Helper()
 	srv := redistest.Start(b)
-	owner := startServing(b, srv, "owner", "127.0.0.1:0", plainEcho)
-	fwd := startServing(b, srv, "fwd", "127.0.0.1:0", plainEcho)
+	owner := startDefaults(b, srv, "owner", plainEcho)
+	fwd := startDefaults(b, srv, "fwd", plainEcho)
 	pd, p := newBalancer(b, owner.addr()), newBalancer(b, owner.addr())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -225,8 +226,8 @@ func BenchmarkShutdownIdle(b *testing.B) {
 	n := 0
 	for b.Loop() {
 		b.StopTimer()
-		old := startServing(b, srv, "old", "127.0.0.1:0", plainEcho)
-		next := startServing(b, srv, "next", "127.0.0.1:0", plainEcho)
+		old := startDefaults(b, srv, "old", plainEcho)
+		next := startDefaults(b, srv, "next", plainEcho)
 		lb := newBalancer(b, old.addr())
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		conns := make([]*tether.Conn, sessions)
@@ -290,8 +291,8 @@ func BenchmarkResumeAfterHandoff(b *testing.B) {
 			var total time.Duration
 			for b.Loop() {
 				b.StopTimer()
-				old := startServing(b, srv, "old", "127.0.0.1:0", plainEcho)
-				next := startServing(b, srv, "next", "127.0.0.1:0", plainEcho)
+				old := startDefaults(b, srv, "old", plainEcho)
+				next := startDefaults(b, srv, "next", plainEcho)
 				lb := newBalancer(b, old.addr())
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				c, err := tether.Dial(ctx, lb.wsURL(), bo.opt...)

@@ -57,11 +57,25 @@ func startInstanceAt(t testing.TB, srv *redistest.Server, name, addr string, lg 
 // startServing starts an instance at addr that serves sessions with serve.
 func startServing(t testing.TB, srv *redistest.Server, name, addr string, serve func(context.Context, *tether.Session), opts ...tether.HandlerOption) *instance {
 	t.Helper()
-	return startLeased(t, srv, name, addr, testLease, serve, opts...)
+	return startWith(t, srv, name, addr, []tetherredis.Option{tetherredis.WithLease(testLease), tetherredis.WithCallTimeout(testCallTimeout)}, serve, opts...)
 }
 
 // startLeased is startServing with a liveness lease of its own.
 func startLeased(t testing.TB, srv *redistest.Server, name, addr string, lease time.Duration, serve func(context.Context, *tether.Session), opts ...tether.HandlerOption) *instance {
+	t.Helper()
+	return startWith(t, srv, name, addr, []tetherredis.Option{tetherredis.WithLease(lease), tetherredis.WithCallTimeout(testCallTimeout)}, serve, opts...)
+}
+
+// startDefaults is startServing with tetherredis's defaults (10 s lease,
+// 1 s call timeout), as deployed: for the benchmarks.
+func startDefaults(t testing.TB, srv *redistest.Server, name string, serve func(context.Context, *tether.Session)) *instance {
+	t.Helper()
+	return startWith(t, srv, name, "127.0.0.1:0", nil, serve)
+}
+
+// startWith starts an instance at addr, its tetherredis.Cluster made with
+// copts, that serves sessions with serve.
+func startWith(t testing.TB, srv *redistest.Server, name, addr string, copts []tetherredis.Option, serve func(context.Context, *tether.Session), opts ...tether.HandlerOption) *instance {
 	t.Helper()
 	var (
 		ln  net.Listener
@@ -78,7 +92,7 @@ func startLeased(t testing.TB, srv *redistest.Server, name, addr string, lease t
 	}
 	in := &instance{name: name, url: "http://" + ln.Addr().String() + "/ws"}
 	in.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr})
-	c := tetherredis.New(in.rdb, in.url, tetherredis.WithLease(lease), tetherredis.WithCallTimeout(testCallTimeout))
+	c := tetherredis.New(in.rdb, in.url, copts...)
 	all := append([]tether.HandlerOption{
 		tether.WithCluster(c),
 		tether.WithPollLimits(0, 0, 2*time.Second),
