@@ -90,6 +90,16 @@
 // a full read-ahead). What tether had read is still delivered. Use session
 // mode, or application-level acknowledgements, if that matters.
 //
+// # Several instances
+//
+// A Handler keeps its sessions in memory. Several instances behind a load
+// balancer share one set of sessions through a directory ([WithCluster];
+// the module tetherredis implements it on Redis): no sticky routing is
+// needed, as a request that lands on another instance is forwarded to the
+// one that holds its session, and [Handler.Shutdown] hands sessions over to
+// the instances that stay, without loss. A crashed instance's sessions are
+// lost, and their clients told once.
+//
 // # Concurrency
 //
 // A Conn may be used from several goroutines: Read calls are served one at a

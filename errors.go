@@ -51,6 +51,13 @@ var (
 	// the next message, on the next link), and by the errors of a NetConn
 	// in plain mode once the link it ran on is lost.
 	ErrLinkLost = errors.New("tether: link lost")
+
+	// ErrShuttingDown is returned by Session.Read once Handler.Shutdown has
+	// begun, so that serve can finish and return; the messages serve did
+	// not read are replayed by the client to whoever serves the session
+	// next. Session.Write keeps working until serve returns; a Write made
+	// after the session was handed over fails with an error wrapping it.
+	ErrShuttingDown = errors.New("tether: handler shutting down")
 )
 
 // HandshakeError reports a WebSocket handshake that the server answered with

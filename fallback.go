@@ -110,6 +110,10 @@ func blocksWebSocket(err error) bool {
 		switch he.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
 			return false
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+			// The Handler's own "try again shortly" (a handoff, a busy
+			// directory) says the path works.
+			return !he.handler
 		}
 		return true
 	}

@@ -122,8 +122,9 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 // 10 s, and only then: a server that accepts links and drops them at once
 // sees the delays grow, as if the outage went on. After a lost link the first
 // attempt waits one delay too. A close with 1013 (Try Again Later) makes the
-// next attempt wait 5 to 10 s at least, as a Retry-After header does. A
-// BackOff that returns backoff.Stop ends the Conn with a GiveUpError.
+// next attempt wait 5 to 10 s at least, as a Retry-After header does; a
+// tether Handler's own 503 with a Retry-After replaces the delay with
+// that to twice that (see HandshakeError). A BackOff that returns backoff.Stop ends the Conn with a GiveUpError.
 //
 // The default is exponential with full jitter: the n-th delay is uniform in
 // [0, min(2s·2ⁿ⁻¹, 30s)), retrying forever (no elapsed-time limit).

@@ -116,8 +116,20 @@ func (c *Conn) connect(ctx context.Context, from State, cause error, fresh bool)
 				return nil, &GiveUpError{Attempts: attempt - 1, Err: firstErr(lastErr, cause)}
 			}
 			var he *HandshakeError
-			if errors.As(lastErr, &he) && he.RetryAfter > d {
-				d = he.RetryAfter
+			if errors.As(lastErr, &he) && he.RetryAfter > 0 {
+				if he.handler && he.StatusCode == http.StatusServiceUnavailable {
+					// A tether Handler's own "try again": a session moving
+					// between instances, a directory catching up, an owner
+					// that stopped answering. It passes in moments, and
+					// the client of a crashed instance learns its session
+					// is lost only by asking again once the owner's lease
+					// has run out: the Handler's delay, drawn up to twice
+					// it so that its clients come back apart, replaces a
+					// backoff grown meanwhile.
+					d = he.RetryAfter + rand.N(he.RetryAfter)
+				} else if he.RetryAfter > d {
+					d = he.RetryAfter
+				}
 			}
 			if websocket.CloseStatus(firstErr(lastErr, cause)) == websocket.StatusTryAgainLater {
 				d = max(d, tryAgainLater+rand.N(tryAgainLater))

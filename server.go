@@ -27,20 +27,30 @@ import (
 // session (see WithSessionTTL). Plain WebSocket clients, which do not offer
 // the tether.v1 subprotocol, get a Session over their connection as it is.
 //
-// Sessions live in the Handler's memory: several server instances behind a
-// load balancer need sticky routing.
+// Sessions live in the Handler's memory. Several server instances behind a
+// load balancer share one set of sessions through a directory (see
+// WithCluster): a request that lands on another instance is forwarded to
+// the one that holds its session, and Shutdown hands sessions over.
 type Handler struct {
 	serve func(ctx context.Context, s *Session)
 	opts  handlerOptions
 	log   *slog.Logger
+	cl    *handlerCluster // nil without WithCluster
 
-	mu       sync.Mutex
-	sessions map[[16]byte]*Session // both modes
-	tombs    tombstones
-	clients  map[string]int // sessions per client (WithSessionsPerClient)
-	reserved int64          // what the sessions' buffers may hold (WithBufferBudget)
-	closed   bool
-	wg       sync.WaitGroup // serve goroutines and WebSocket readers
+	mu        sync.Mutex
+	sessions  map[[16]byte]*Session // both modes
+	tombs     tombstones
+	clients   map[string]int // sessions per client (WithSessionsPerClient)
+	reserved  int64          // what the sessions' buffers may hold (WithBufferBudget)
+	closed    bool
+	stopping  bool           // Shutdown has begun: no new sessions
+	running   int            // serve functions that have not returned
+	allServed chan struct{}  // closed when running drops to 0, for Shutdown
+	wg        sync.WaitGroup // serve goroutines and WebSocket readers
+
+	// stopCtx ends when Shutdown begins: it wakes every Session.Read.
+	stopCtx context.Context
+	stopNow context.CancelFunc
 
 	refusals logLimiter
 	stats    handlerCounters
@@ -56,7 +66,7 @@ func NewHandler(serve func(ctx context.Context, s *Session), opts ...HandlerOpti
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &Handler{
+	h := &Handler{
 		serve:    serve,
 		opts:     o,
 		log:      o.logger,
@@ -64,6 +74,11 @@ func NewHandler(serve func(ctx context.Context, s *Session), opts ...HandlerOpti
 		tombs:    newTombstones(),
 		clients:  make(map[string]int),
 	}
+	h.stopCtx, h.stopNow = context.WithCancel(context.Background())
+	if o.cluster != nil {
+		h.cl = newHandlerCluster(h, o.cluster)
+	}
+	return h
 }
 
 // ServeHTTP serves a WebSocket handshake or a long-polling request.
@@ -81,16 +96,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Close ends every session, in both modes, closes their links with 1001,
 // and waits for the serve functions and the Handler's goroutines to return.
-// New clients are refused from then on.
+// New clients are refused from then on. In a cluster (WithCluster) the
+// sessions are released, and the instance leaves the cluster: their
+// clients get a new session. Shutdown hands them over instead; Close after
+// Shutdown waits for what Shutdown left running, and returns nil.
 func (h *Handler) Close() error {
 	h.mu.Lock()
 	if h.closed {
+		shut := h.stopping
 		h.mu.Unlock()
+		h.wg.Wait() // after a Shutdown whose ctx ended first, what it left
+		if shut {
+			return nil // Close after Shutdown is allowed: defer it
+		}
 		return fmt.Errorf("tether: handler: %w", net.ErrClosed)
 	}
 	h.closed = true
 	h.mu.Unlock()
 	h.endSessions(websocket.StatusGoingAway, "server shutting down", fmt.Errorf("tether: handler closed: %w", net.ErrClosed))
+	if h.cl != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), closeClusterWait)
+		h.cl.leave(ctx)
+		cancel()
+	}
 	h.wg.Wait()
 	return nil
 }
@@ -225,10 +253,11 @@ var errBadAck = errors.New("tether: resume acknowledges messages never sent")
 // session ends when serve returns.
 func (h *Handler) runLocked(s *Session) {
 	h.wg.Add(1)
+	h.running++
 	go func() {
 		defer h.wg.Done()
 		h.serve(s.ctx, s)
-		s.end(websocket.StatusNormalClosure, "", errSessionDone)
+		h.served(s)
 	}()
 }
 
@@ -244,9 +273,12 @@ func (h *Handler) lookup(id [16]byte, secret [16]byte) *Session {
 }
 
 // forget removes an ended session and gives back what it held of the
-// Handler's limits. Unless tomb is false, it leaves a tombstone for a while
-// so that a client that comes back learns how the session ended.
-func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, tomb bool) {
+// Handler's limits. A session that ended here (how is leaveEnded) and was
+// not lost leaves a tombstone for a while, so that a client that comes
+// back learns how the session ended; a lost one leaves none, and its
+// client is told it is lost. In a cluster, the session's record is
+// released too (see handlerCluster.forget).
+func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, how leaving, lost bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.sessions[s.id] != s {
@@ -256,8 +288,12 @@ func (h *Handler) forget(s *Session, code websocket.StatusCode, reason string, t
 	h.releaseLocked(s)
 	now := time.Now()
 	h.tombs.expire(now)
-	if tomb && !s.plain {
+	tomb := how == leaveEnded && !lost && !s.plain
+	if tomb {
 		h.tombs.add(s.id, tombstone{secret: s.secret, code: code, reason: reason, until: now.Add(h.opts.sessionTTL)}, h.opts.maxSessions)
+	}
+	if h.cl != nil && !s.plain {
+		h.cl.forget(s, code, reason, how == leaveEnded, tomb)
 	}
 }
 

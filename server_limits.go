@@ -53,7 +53,7 @@ func (h *Handler) clientKey(r *http.Request) string {
 // but serve is not started.
 func (h *Handler) admitLocked(r *http.Request, key string, plain bool) (*Session, error) {
 	switch {
-	case h.closed:
+	case h.closed || h.stopping:
 		return nil, refuseClosed
 	case len(h.sessions) >= h.opts.maxSessions:
 		return nil, refuseSessions
@@ -67,6 +67,9 @@ func (h *Handler) admitLocked(r *http.Request, key string, plain bool) (*Session
 	s := newSession(h, r.Context(), w, plain)
 	s.clientKey, s.reserved = key, reserve
 	h.sessions[s.id] = s
+	if h.cl != nil && !plain {
+		h.cl.register(s, Lease{}) // claimed before its client is greeted
+	}
 	h.reserved += reserve
 	if key != "" {
 		h.clients[key]++

@@ -27,6 +27,8 @@ type handlerOptions struct {
 	hbInterval  time.Duration
 	hbTimeout   time.Duration
 	logger      *slog.Logger
+	cluster     Cluster
+	handoffMax  int
 }
 
 // Handler defaults, documented on the options that set them.
@@ -42,6 +44,8 @@ const (
 
 	DefaultHandlerHeartbeatInterval = 30 * time.Second
 	DefaultHandlerHeartbeatTimeout  = 30 * time.Second
+
+	DefaultHandoffLimit = 1 << 20
 )
 
 func defaultHandlerOptions() handlerOptions {
@@ -58,6 +62,7 @@ func defaultHandlerOptions() handlerOptions {
 		hbInterval:  DefaultHandlerHeartbeatInterval,
 		hbTimeout:   DefaultHandlerHeartbeatTimeout,
 		logger:      discardLogger,
+		handoffMax:  DefaultHandoffLimit,
 	}
 }
 
@@ -230,6 +235,37 @@ func WithHandlerLogger(l *slog.Logger) HandlerOption {
 	return func(o *handlerOptions) {
 		if l != nil {
 			o.logger = l
+		}
+	}
+}
+
+// WithCluster makes the Handler one instance of several behind a load
+// balancer, sharing one set of sessions through the directory c (one
+// Cluster value per Handler: tetherredis.New, for instance). A session
+// stays on the instance that runs its serve function, and its messages in
+// that instance's memory; a request for it (a WebSocket resume, a long
+// poll) that lands on another instance is forwarded there, over HTTP, one
+// hop at most. Shutdown hands sessions over to the instances that stay. See
+// the package documentation, "Several instances".
+//
+// The Handler calls c's methods itself: it renews its sessions every
+// c.RenewInterval() from a goroutine of its own, started here and stopped
+// by Close or Shutdown, which also take the instance out of the cluster
+// (Cluster.Leave). By default a Handler is alone, and its sessions live in
+// its memory only.
+func WithCluster(c Cluster) HandlerOption {
+	return func(o *handlerOptions) { o.cluster = c }
+}
+
+// WithHandoffLimit bounds, in bytes, the state of one session that
+// Shutdown hands over through the cluster (WithCluster): its ids, counters
+// and the messages its client has not acknowledged yet. A session whose
+// state is larger is not handed over: it ends, and its client is told the
+// session was lost. The default is 1 MiB; 0 keeps the default.
+func WithHandoffLimit(bytes int) HandlerOption {
+	return func(o *handlerOptions) {
+		if bytes > 0 {
+			o.handoffMax = bytes
 		}
 	}
 }

@@ -172,10 +172,20 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.op == pollOpen {
+		if h.stoppingRefuses(req.resume) {
+			h.refuseStopping(w, r)
+			return
+		}
+		if req.resume.ok && h.cl != nil && h.routeResume(w, r, req.resume) {
+			return
+		}
 		h.pollOpen(w, r, req.resume)
 		return
 	}
 	s := h.lookup(req.id, req.secret)
+	if s == nil && h.cl != nil && !h.holds(req.id) && h.routePoll(w, r, req) {
+		return
+	}
 	if s == nil {
 		h.mu.Lock()
 		ts, ok := h.tombs.find(req.id, req.secret, time.Now())
@@ -277,6 +287,9 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request, resume resume
 			h.refuse(w, r, http.StatusBadRequest, err.Error())
 		}
 		return
+	}
+	if status != frame.StatusResumed && h.cl != nil {
+		h.cl.claimNew(r, s)
 	}
 	s.detach()
 	p := newPollLink(s)

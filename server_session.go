@@ -46,6 +46,16 @@ type Session struct {
 
 	used atomic.Bool // a message went either way (see WithUnusedSessionTTL)
 
+	handedOver bool        // taken over from another instance's Shutdown
+	lease      Lease       // the session's lease in the cluster; under h.cl.mu
+	frozen     bool        // parked for a handoff: Writes fail; under seq.wmu
+	sawStop    atomic.Bool // Read returned ErrShuttingDown
+	served     atomic.Bool // serve returned after that: Shutdown takes over
+
+	rcMu   sync.Mutex
+	rc     *readCtx // the ctx the last Read ran with (see readCtx)
+	rcDone bool     // the session has ended: Reads need no readCtx
+
 	linkMu    sync.Mutex    // guards the fields below
 	ws        *liveLink     // the current WebSocket link, or nil
 	wsDone    chan struct{} // closed when ws's watcher has returned
@@ -64,10 +74,17 @@ type Session struct {
 // newSession returns a session with window w, whose serve ctx carries the
 // values of parent, the ctx of the request that opened it, but not its end.
 func newSession(h *Handler, parent context.Context, w window, plain bool) *Session {
-	s := &Session{h: h, win: w, plain: plain, rd: newReader()}
+	var id, secret [16]byte
+	_, _ = rand.Read(id[:])
+	_, _ = rand.Read(secret[:])
+	return initSession(h, parent, w, plain, id, secret)
+}
+
+// initSession returns a session with the given id and secret: a new one, or
+// one handed over by another instance.
+func initSession(h *Handler, parent context.Context, w window, plain bool, id, secret [16]byte) *Session {
+	s := &Session{h: h, win: w, plain: plain, rd: newReader(), id: id, secret: secret}
 	s.seq = newSeqState(w)
-	_, _ = rand.Read(s.id[:])
-	_, _ = rand.Read(s.secret[:])
 	if plain {
 		s.idStr = "plain-" + hex.EncodeToString(s.id[:8])
 	} else {
@@ -123,15 +140,31 @@ func (s *Session) Transport() Transport {
 	return s.transport
 }
 
+// HandedOver reports whether the session was handed over by another
+// instance's Shutdown (see WithCluster): serve runs for it again here, with
+// the session's messages, counters and client intact. What serve kept in
+// memory on the other instance is gone; keep what must survive a handoff
+// elsewhere, or rebuild it from the client's messages.
+func (s *Session) HandedOver() bool { return s.handedOver }
+
 // Read returns the client's next message. It fails when ctx ends or the
 // session has ended: with ErrSessionLost when the client did not come back
-// in time, with a websocket.CloseError when the client closed.
+// in time, with a websocket.CloseError when the client closed. Once
+// Handler.Shutdown has begun it fails with ErrShuttingDown, at once, even
+// if messages are waiting: serve should return, and the client replays
+// what it did not read to whoever serves the session next.
 func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
-	m := s.rd.read(ctx)
+	rc := s.enterRead(ctx)
+	m := s.rd.read(rc.ctx)
+	s.leaveRead(rc)
 	if m.err != nil {
 		if s.ctx.Err() != nil {
 			// serve's own ctx ends with the session: say why.
 			return 0, nil, s.endError()
+		}
+		if ctx.Err() == nil && s.h.stopCtx.Err() != nil {
+			s.sawStop.Store(true)
+			return 0, nil, fmt.Errorf("tether: session %s: read: %w", s.idStr, ErrShuttingDown)
 		}
 		return 0, nil, m.err
 	}
@@ -156,6 +189,10 @@ func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte
 			return s.endError()
 		}
 		s.seq.wmu.Lock()
+		if s.frozen {
+			s.seq.wmu.Unlock()
+			return fmt.Errorf("tether: session %s: write after the session was handed over: %w", s.idStr, ErrShuttingDown)
+		}
 		s.seq.mu.Lock()
 		f, ok := s.seq.add(typ, p)
 		if ok {
@@ -388,6 +425,25 @@ func (s *Session) closeEnded(l *liveLink) {
 // end ends the session once: its serve ctx is cancelled, Read and Write fail
 // with err, and the client is told with code and reason.
 func (s *Session) end(code websocket.StatusCode, reason string, err error) {
+	s.finish(code, reason, err, leaveEnded)
+}
+
+// leaving says how a session leaves the Handler.
+type leaving int
+
+const (
+	// leaveEnded: the session is over. A client that comes back is told
+	// how it ended (a tombstone here, a note in the cluster), unless it
+	// was lost.
+	leaveEnded leaving = iota
+	// leaveGone: the session lives on elsewhere (handed over, or found
+	// owned by another instance) or is lost to a failed handoff: the
+	// client that comes back asks the cluster, not this instance.
+	leaveGone
+)
+
+// finish is end, saying how the session leaves.
+func (s *Session) finish(code websocket.StatusCode, reason string, err error, how leaving) {
 	s.linkMu.Lock()
 	if s.ended {
 		s.linkMu.Unlock()
@@ -401,8 +457,8 @@ func (s *Session) end(code websocket.StatusCode, reason string, err error) {
 	s.ackTimer.Stop()
 	s.linkMu.Unlock()
 	s.h.stats.ended(err)
-	// A lost session leaves no tombstone: the client is told it is lost.
-	s.h.forget(s, code, reason, !errors.Is(err, ErrSessionLost))
+	s.h.forget(s, code, reason, how, errors.Is(err, ErrSessionLost))
+	s.dropReadCtx()
 	s.h.log.Debug("session ended", slog.String("session", s.idStr), slog.Int("code", int(code)), slog.Any("err", err))
 	if l != nil {
 		// The link's watcher closes it, telling the client code and reason

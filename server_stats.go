@@ -35,12 +35,19 @@ type HandlerStats struct {
 	SessionsLost uint64
 	// PlainServed counts plain WebSocket clients served so far.
 	PlainServed uint64
+
+	// In a cluster (WithCluster): Forwarded counts requests sent on to the
+	// instance that holds their session; TakenOver counts sessions taken
+	// over from another instance's Shutdown; HandedOver counts sessions
+	// this instance's Shutdown handed over.
+	Forwarded, TakenOver, HandedOver uint64
 }
 
 // handlerCounters are a Handler's atomic counters.
 type handlerCounters struct {
 	opened, resumes, unknown, lost, plainServed atomic.Uint64
 	plain                                       atomic.Int64
+	forwarded, takenOver, parked                atomic.Uint64
 }
 
 // ended counts a session that ended with err.
@@ -70,6 +77,9 @@ func (h *Handler) Stats() HandlerStats {
 		SessionsLost:   h.stats.lost.Load(),
 		PlainServed:    h.stats.plainServed.Load(),
 		PlainClients:   int(h.stats.plain.Load()),
+		Forwarded:      h.stats.forwarded.Load(),
+		TakenOver:      h.stats.takenOver.Load(),
+		HandedOver:     h.stats.parked.Load(),
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()

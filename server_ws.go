@@ -25,6 +25,13 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, http.StatusForbidden, "tether: request Origin not allowed")
 		return
 	}
+	if h.stoppingRefuses(resume) {
+		h.refuseStopping(w, r)
+		return
+	}
+	if resume.ok && h.cl != nil && h.routeResume(w, r, resume) {
+		return
+	}
 	ao := h.opts.accept
 	ao.Subprotocols = append([]string{Subprotocol}, ao.Subprotocols...)
 	life := &lifeSigns{}
@@ -58,6 +65,9 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	clientAck := resume.ack
 	if status != frame.StatusResumed {
 		clientAck = 0 // that ack was for a session that is gone
+		if h.cl != nil {
+			h.cl.claimNew(r, s)
+		}
 	}
 	l, done, err := s.attachWS(c, hw.conn, life, status, clientAck)
 	if err != nil {

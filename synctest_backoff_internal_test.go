@@ -3,6 +3,7 @@ package tether
 import (
 	"context"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -219,4 +220,59 @@ func TestSynctestQueueMaxAge(t *testing.T) {
 		require.Empty(t, got)
 		require.Equal(t, uint64(1), c.Stats().QueueDropped)
 	})
+}
+
+// A tether Handler's 503 with a Retry-After (a session moving between
+// instances, an owner that stopped answering) is retried after that delay,
+// drawn up to twice it, however far the backoff has grown: the client of a
+// crashed instance hears that its session is lost soon after the owner's
+// lease runs out. The same answer from something else (a proxy, say) waits
+// the longer of the two.
+func TestSynctestHandlerRetryAfterReplacesBackoff(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		handler bool
+		lo, hi  time.Duration // bounds of each gap after a refusal
+	}{
+		{"handler", true, time.Second, 2 * time.Second},
+		{"proxy", false, 10 * time.Second, 10*time.Second + time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) {
+				const refused = 5
+				var first atomic.Bool
+				s := &pipeServer{
+					handle: func(ctx context.Context, ws *websocket.Conn) {
+						if first.CompareAndSwap(false, true) {
+							_ = ws.Close(websocket.StatusGoingAway, "restarting")
+							return
+						}
+						_, _, _ = ws.Read(ctx)
+					},
+					answer: func(n int) *http.Response {
+						if n < 2 || n > 1+refused {
+							return nil
+						}
+						h := http.Header{"Retry-After": {"1"}}
+						if tc.handler {
+							h.Set(headerProtocol, Subprotocol)
+						}
+						return &http.Response{StatusCode: http.StatusServiceUnavailable, Header: h, Body: http.NoBody}
+					},
+				}
+				dialPipe(t, s, WithBackoff(constBackoffFactory(10*time.Second)))
+				time.Sleep(10 * time.Minute)
+				synctest.Wait()
+				dials := s.times()
+				require.Len(t, dials, refused+2)
+				for i := 2; i < len(dials); i++ {
+					g := dials[i].Sub(dials[i-1])
+					require.GreaterOrEqual(t, g, tc.lo, "gap after refusal %d", i-1)
+					require.Less(t, g, tc.hi, "gap after refusal %d", i-1)
+				}
+			})
+		})
+	}
 }

@@ -2,6 +2,7 @@ package tether
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -55,6 +56,9 @@ type pipeServer struct {
 	// fail, when set, makes the dial of attempt n (from 1) fail without a
 	// link.
 	fail func(n int) error
+	// answer, when set and not nil for attempt n, is the HTTP answer to
+	// its handshake, in place of 101.
+	answer func(n int) *http.Response
 
 	dials    atomic.Int64
 	wg       sync.WaitGroup
@@ -70,6 +74,11 @@ func (s *pipeServer) dial(ctx context.Context, u string) (*websocket.Conn, *http
 	if s.fail != nil {
 		if err := s.fail(n); err != nil {
 			return nil, nil, err
+		}
+	}
+	if s.answer != nil {
+		if resp := s.answer(n); resp != nil {
+			return nil, resp, fmt.Errorf("expected handshake response status code 101 but got %d", resp.StatusCode)
 		}
 	}
 	cli, srv := net.Pipe()

@@ -32,7 +32,9 @@ Against a server built on tether.Handler (such as "tether serve") the Conn
 runs in session mode: nothing is lost or repeated across drops.
 
 When stdin ends, the Conn waits until no message has arrived for -linger,
-then closes cleanly and the command exits 0. SIGINT or SIGTERM close it the
+then closes cleanly and the command exits 0. Lines written while the link
+was down are sent first: the Conn waits for a link (at most -timeout; 0:
+until SIGINT) and then for -linger again. SIGINT or SIGTERM close it the
 same way at once. A permanent error (a handshake answered 401, say) exits 1.
 Credentials (the URL's query values and user info, -H values) are never
 printed.
@@ -171,8 +173,16 @@ func connect(ctx context.Context, cfg connectConfig, stdin io.Reader, stdout io.
 	defer stopRTT()
 
 	// After stdin ends, linger fires once no message has come for cfg.linger.
+	// Closing while lines wait for a link would drop them: lines still in
+	// the send queue, or written since the last message came while no link
+	// is up (in session mode, a link that died may not have delivered
+	// them). Then linger waits for a link, at most cfg.timeout after stdin
+	// ended, and gives the answers cfg.linger once the lines are out.
 	var linger *time.Timer
 	var lingerC <-chan time.Time
+	var eof time.Time
+	unanswered := 0 // lines written since the last message came
+	held := false
 	defer func() {
 		if linger != nil {
 			linger.Stop()
@@ -183,6 +193,7 @@ func connect(ctx context.Context, cfg connectConfig, stdin io.Reader, stdout io.
 		case line, ok := <-lines:
 			if !ok {
 				lines = nil
+				eof = time.Now()
 				linger = time.NewTimer(cfg.linger)
 				lingerC = linger.C
 				continue
@@ -194,11 +205,24 @@ func connect(ctx context.Context, cfg connectConfig, stdin io.Reader, stdout io.
 				ev.fail(err)
 				return exitFailure
 			}
+			unanswered++
 		case <-got:
+			unanswered = 0
 			if linger != nil {
 				linger.Reset(cfg.linger)
 			}
 		case <-lingerC:
+			waiting := c.Stats().QueueDepth > 0 || (unanswered > 0 && c.State() != tether.Connected)
+			if waiting && (cfg.timeout == 0 || time.Since(eof) < cfg.timeout) {
+				held = true
+				linger.Reset(50 * time.Millisecond)
+				continue
+			}
+			if held && !waiting {
+				held = false
+				linger.Reset(cfg.linger)
+				continue
+			}
 			return closeConn(c, ev, readDone)
 		case <-ctx.Done():
 			return closeConn(c, ev, readDone)

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tetherws/tether/internal/faultnet"
 )
 
 // The walk-through: "tether serve -drop" cuts every link, and
@@ -190,5 +192,53 @@ func TestConnectTimeout(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "error: ") || strings.Contains(stdout+stderr, "tok-Secret-789") {
 		t.Errorf("want an error without the token:\n%s", stderr)
+	}
+}
+
+// Lines written while the link is down are not dropped when stdin ends:
+// connect waits for the link to come back, and for their echoes, before it
+// closes. Here stdin ends 0.1 s after the link was cut, and the server is
+// unreachable for 1 s, ten times -linger.
+func TestConnectEOFWhileReconnecting(t *testing.T) {
+	t.Parallel()
+	_, url := serve(t)
+	addr := strings.TrimSuffix(strings.TrimPrefix(url, "ws://"), "/")
+	p, err := faultnet.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	c := startTether(t, "connect", "-linger", "100ms", "ws://"+p.Addr()+"/")
+
+	if _, err := fmt.Fprintln(c.stdin, "before"); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.line(10 * time.Second); got != "before" {
+		t.Fatalf("got %q, want %q", got, "before")
+	}
+	if err := p.Refuse(true); err != nil {
+		t.Fatal(err)
+	}
+	p.Reset()
+	c.stderrEventually("reconnecting: ", 5*time.Second)
+	if _, err := fmt.Fprintln(c.stdin, "during"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.stdin.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.exited:
+		t.Fatalf("connect exited %d while the link was down", c.code)
+	case <-time.After(time.Second):
+	}
+	if err := p.Refuse(false); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.line(10 * time.Second); got != "during" {
+		t.Fatalf("got %q, want %q: the line written while the link was down", got, "during")
+	}
+	if code := c.wait(10 * time.Second); code != 0 {
+		t.Fatalf("connect exited %d, want 0", code)
 	}
 }
