@@ -479,7 +479,10 @@ func (s *Session) receiveBatch(fs []frame.Frame, p *pollLink) error {
 			continue
 		}
 		if f.Seq != next+1 {
-			return fmt.Errorf("%w: got %d after %d", errGap, f.Seq, next)
+			// The client resumes and replays (see gapped).
+			err := fmt.Errorf("%w: got %d after %d", errGap, f.Seq, next)
+			s.gapped(next, err)
+			return err
 		}
 		next++
 		costs = append(costs, msgOverhead+bufSize(len(f.Payload)))

@@ -39,6 +39,10 @@ type Session struct {
 	wout   []byte     // the frame prepare encoded for send, under seq.wmu
 	wbig   *[]byte    // wout's pooled buffer, for a large frame
 	recvMu sync.Mutex // one receiver at a time, even while links change
+	// gapAt and gaps count the links that showed a gap in the client's
+	// numbering while it stood at gapAt (see gapped); under recvMu.
+	gapAt uint64
+	gaps  int
 	// rd serves Read: on the serve goroutine itself while it waits in Read
 	// (no goroutine hop per message), by a background reader otherwise.
 	// Messages from long polling are delivered into it.
@@ -233,7 +237,11 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	}
 	s.seq.mu.Lock()
 	deliver, err := s.seq.receive(f)
+	recv := s.seq.recv
 	s.seq.mu.Unlock()
+	if errors.Is(err, errGap) {
+		s.gapped(recv, err)
+	}
 	if err != nil || !deliver {
 		return message{}, false, err
 	}
@@ -244,6 +252,30 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	}
 	s.markUsed()
 	return message{typ: msgType(f.Binary), p: f.Payload, owner: s.seq}, true, nil
+}
+
+// maxGaps is how many links in a row may show the same gap in the client's
+// numbering before the session ends. A gap is a link that lost messages on
+// the way (a middlebox that drops bytes and carries on): the link is
+// replaced, and the client replays what the Handler has not acknowledged,
+// which fills the gap. A gap that resumes do not fill is a client that does
+// not replay, and resuming again would not help.
+const maxGaps = 3
+
+// gapped records a gap in the client's numbering after recv, the last
+// message received in order; s.recvMu is held. The caller replaces the link
+// (the client resumes and replays), unless this is the same gap for the
+// maxGaps-th time in a row: then gapped ends the session, with 1002.
+func (s *Session) gapped(recv uint64, err error) {
+	if s.gaps > 0 && s.gapAt == recv {
+		s.gaps++
+	} else {
+		s.gapAt, s.gaps = recv, 1
+	}
+	if s.gaps >= maxGaps {
+		s.end(websocket.StatusProtocolError, "message missing in sequence",
+			fmt.Errorf("tether: session %s: the client's replays do not fill a gap: %w", s.idStr, err))
+	}
 }
 
 // errInvalidUTF8 refuses a text message that is not valid UTF-8, as

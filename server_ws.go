@@ -296,6 +296,14 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 			s.recvMu.Unlock()
 		}
 		if err != nil {
+			if errors.Is(err, errGap) && !l.s.isEnded() {
+				// Messages were lost on this link, not from the session:
+				// the client still has them. The link is dropped like a
+				// broken connection, and the client resumes and replays.
+				l.s.h.log.Warn("client's messages lost on the link: replacing the link", slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
+				_ = l.ws.CloseNow()
+				return 0, nil, err
+			}
 			if !l.s.isEnded() { // else the link's watcher says why
 				l.s.h.log.Warn("bad frame from client", slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
 				_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")

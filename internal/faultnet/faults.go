@@ -25,8 +25,14 @@ func (p *Proxy) Reset() {
 // new connection stays open, but all bytes in both directions are read and
 // discarded; new connections are still accepted and dialled. Bytes read
 // after Blackhole(false) are forwarded again. Connection closes (FIN and RST)
-// are still propagated.
+// are still propagated. A connection that lives through a blackhole has
+// lost bytes from the middle of its stream, which TCP alone never does: it
+// stands for a middlebox that drops data and carries on.
 func (p *Proxy) Blackhole(on bool) { p.blackhole.Store(on) }
+
+// Dropped reports how many bytes Blackhole has discarded since Listen. A
+// test waits on it to know that what it wrote is gone.
+func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
 
 // Refuse turns refusal of new connections on or off. When on, the listening
 // socket is closed so that connecting to Addr fails with ECONNREFUSED;
