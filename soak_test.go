@@ -132,11 +132,15 @@ func TestSoak(t *testing.T) {
 	}
 	var st soakStats
 	hopts := []tether.HandlerOption{tether.WithHandlerHeartbeat(time.Second, 2*time.Second)}
+	// The faults go in the Handler's log too, so that what it records can be
+	// matched with what the network did.
+	faultLog := slog.New(slog.DiscardHandler)
 	if path := os.Getenv("TETHER_SOAK_LOG"); path != "" {
 		f, err := os.Create(path)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = f.Close() })
-		hopts = append(hopts, tether.WithHandlerLogger(slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		faultLog = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		hopts = append(hopts, tether.WithHandlerLogger(faultLog))
 	}
 	ss := newSessionServer(t, soakServe(&st, every), hopts...)
 	const nproxies = 4
@@ -257,11 +261,13 @@ func TestSoak(t *testing.T) {
 	// then at random.
 	end := time.Now().Add(dur)
 	for step := 0; step < 5 || time.Now().Before(end); step++ {
-		p := proxies[rand.N(nproxies)]
+		pi := rand.N(nproxies)
+		p := proxies[pi]
 		kind := step
 		if step >= 5 {
 			kind = rand.N(5)
 		}
+		faultLog.Info("soak fault", slog.String("fault", [...]string{"reset", "reset", "blackhole", "delay", "refuse WebSocket"}[kind]), slog.Int("proxy", pi))
 		switch kind {
 		case 0, 1:
 			p.Reset()
@@ -272,6 +278,7 @@ func TestSoak(t *testing.T) {
 			st.blackholes.Add(1)
 			time.Sleep(1500 * time.Millisecond)
 			p.Blackhole(false)
+			faultLog.Info("soak fault over", slog.String("fault", "blackhole"), slog.Int("proxy", pi))
 		case 3:
 			p.SetDelay(20 * time.Millisecond)
 			st.delays.Add(1)
@@ -298,29 +305,37 @@ func TestSoak(t *testing.T) {
 			_ = cl.c.Write(ctx, websocket.MessageText, []byte("fin "+strconv.FormatInt(cl.sent.Load(), 10)))
 		}
 	}()
+	// The totals are logged however the soak ends.
+	report := func() {
+		var reconnects, dials uint64
+		polling := 0
+		for _, cl := range clients {
+			if cl.c == nil {
+				continue
+			}
+			s := cl.c.Stats()
+			reconnects += s.Reconnects
+			dials += s.Dials
+			if cl.c.Transport() == tether.Polling {
+				polling++
+			}
+		}
+		t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients; "+
+			"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
+			"%d moves to polling, %d back to WebSocket (%d on polling at the end); %d sessions lost; %d violations",
+			conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
+			st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
+			st.switchesToWebSocket.Load(), polling, st.lost.Load(), st.violations.Load())
+	}
 	for i := range conns {
 		select {
 		case <-finSeen:
 		case <-finDeadline:
+			report()
 			t.Fatalf("only %d of %d Conns finished; violations: %v", i, conns, st.errors)
 		}
 	}
-	var reconnects, dials uint64
-	polling := 0
-	for _, cl := range clients {
-		s := cl.c.Stats()
-		reconnects += s.Reconnects
-		dials += s.Dials
-		if cl.c.Transport() == tether.Polling {
-			polling++
-		}
-	}
-	t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients, exactly once; "+
-		"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
-		"%d moves to polling, %d back to WebSocket (%d on polling at the end); %d sessions lost; %d violations",
-		conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
-		st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
-		st.switchesToWebSocket.Load(), polling, st.lost.Load(), st.violations.Load())
+	report()
 	require.Zero(t, st.violations.Load(), "%v", st.errors)
 	require.Zero(t, st.lost.Load())
 	require.Positive(t, st.toServer.Load())
