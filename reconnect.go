@@ -35,10 +35,15 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 	up := time.Now() // when the current link came up
 	for {
 		cause := c.heartbeat(l)
-		if l.failed() && cause == l.err && l.foreign != nil {
-			// In the words of the network, with 1006 for a link that
-			// ended without a close frame.
-			cause = newLostError(l.transport, l.foreign)
+		if l.failed() && cause == l.err {
+			if closed := l.settle(); closed != nil {
+				// The server's close, which a write that raced it hid.
+				cause = newLostError(l.transport, closed)
+			} else if l.foreign != nil {
+				// In the words of the network, with 1006 for a link that
+				// ended without a close frame.
+				cause = newLostError(l.transport, l.foreign)
+			}
 		}
 		if errors.Is(cause, websocket.ErrMessageTooBig) {
 			// The message is gone with its link; the application is told

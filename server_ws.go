@@ -216,6 +216,9 @@ func (s *Session) watchWS(l *liveLink, done chan struct{}) {
 	select {
 	case <-l.dead:
 		err = l.err
+		if closed := l.settle(); closed != nil {
+			err = closed // the client's close, which a write that raced it hid
+		}
 	case <-s.ctx.Done():
 		// The session ended; l.err is not to be read unless l failed.
 	}
