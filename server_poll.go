@@ -344,6 +344,12 @@ func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p
 		select {
 		case <-wake:
 		case <-release:
+			p.mu.Lock()
+			code := p.code
+			p.mu.Unlock()
+			if code != 0 {
+				continue // the session ended: say how (closeWith sets code first)
+			}
 			writeFrames(w, nil)
 			return
 		case <-timer.C:
@@ -386,10 +392,13 @@ func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p
 		case errors.Is(err, errBeyondWindow):
 			status = http.StatusRequestEntityTooLarge
 		case errors.Is(err, errMoved):
-			p.mu.Lock()
-			closed, code, reason := p.closed, p.code, p.reason
-			p.mu.Unlock()
-			if closed && code != 0 {
+			// The session's own end state, not its poll link's: end takes
+			// the link away first and tells it how the session ended after
+			// (see Session.end), and a send in between must not say 409.
+			s.linkMu.Lock()
+			ended, code, reason := s.ended, s.endCode, s.endReason
+			s.linkMu.Unlock()
+			if ended {
 				// The session ended while this request was on its way:
 				// say how, as its poll does, rather than that it moved.
 				writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason)}})
