@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -358,6 +359,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	}
 	c.mu.Unlock()
 	if !session {
+		c.server.Store(nil)
 		ws.SetReadLimit(limit)
 		l := newLiveLink(c.ctx, ws, WebSocket)
 		l.watch, l.gate = d.watch, d.gate
@@ -385,7 +387,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", errNoHello, err)
 	}
-	sl, err := c.startSession(wf, hello)
+	sl, err := c.startSession(wf, hello, parseLimits(resp.Header))
 	if err != nil {
 		_ = ws.CloseNow()
 		return nil, err
@@ -403,7 +405,7 @@ func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
 	if err != nil {
 		return nil, err
 	}
-	sl, err := c.startSession(t, hello)
+	sl, err := c.startSession(t, hello, t.limits)
 	if err != nil {
 		return nil, err
 	}
@@ -450,6 +452,13 @@ func (c *Conn) addHeaders(ctx context.Context, h http.Header) error {
 		}
 	}
 	h.Set(ConnIDHeader, c.id)
+	if !c.opts.noSession {
+		// A Handler refuses, at Session.Write, what the client would
+		// refuse on every link.
+		if limit := c.currentReadLimit(); limit >= 0 {
+			h.Set(headerReadLimit, strconv.FormatInt(limit, 10))
+		}
+	}
 	c.resumeHeaders(h)
 	return nil
 }

@@ -49,6 +49,9 @@ type Session struct {
 	rd *reader
 
 	used atomic.Bool // a message went either way (see WithUnusedSessionTTL)
+	// clientLimit is the client's read limit plus one, as its last link's
+	// handshake told it (see Write); 0 when it told none.
+	clientLimit atomic.Int64
 
 	linkMu    sync.Mutex    // guards the fields below
 	ws        *liveLink     // the current WebSocket link, or nil
@@ -145,14 +148,21 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 // Write sends a message to the client. While the client is away it is kept
 // for replay; while the client is connected but slow to acknowledge, Write
 // waits for room in the replay buffer or for ctx to end. A text message
-// must be valid UTF-8. To a plain client, Write writes on the connection
-// straight away: a ctx that ends during the write closes it.
+// must be valid UTF-8 (else the error wraps ErrInvalidUTF8). In session
+// mode a message over the read limit the client told on its last handshake
+// (a tether Conn tells its WithReadLimit) is refused before it is numbered,
+// with an error wrapping ErrMessageTooLarge: the client would refuse it on
+// every link. To a plain client, Write writes on the connection straight
+// away: a ctx that ends during the write closes it.
 func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	if typ == websocket.MessageText && !utf8.Valid(p) {
 		return fmt.Errorf("tether: session write: %w", errInvalidUTF8)
 	}
 	if s.plain {
 		return s.writePlain(ctx, typ, p)
+	}
+	if err := checkNumbered(typ, p, s.clientLimit.Load()-1, "client"); err != nil {
+		return fmt.Errorf("tether: session %s: %w", s.idStr, err)
 	}
 	s.markUsed()
 	for {
@@ -280,7 +290,7 @@ func (s *Session) gapped(recv uint64, err error) {
 
 // errInvalidUTF8 refuses a text message that is not valid UTF-8, as
 // WebSocket requires.
-var errInvalidUTF8 = errors.New("tether: text message is not valid UTF-8")
+var errInvalidUTF8 = ErrInvalidUTF8
 
 // validClientCode reports whether a client may close with code: the codes
 // RFC 6455 defines for endpoints to send (1012 to 1014 are a server's), and
