@@ -250,9 +250,21 @@ func doPollHeader(hc *http.Client, req *http.Request, maxFrames, maxBody int) ([
 		return nil, nil, fmt.Errorf("tether: polling %s: an answer of more than %d bytes", req.URL.Query().Get(pollParam), maxBody)
 	}
 	fs, err := frame.DecodeBatch(body, maxFrames, maxBody)
+	ownPayloads(fs, len(body))
 	return fs, resp.Header, err
 }
 
+// ownPayloads copies out of a decoded answer of n bytes the payloads that
+// are less than half of it: a message waits to be read as long as the
+// application likes, and a small one must not keep the whole answer alive.
+// At most one payload keeps the answer, then at most twice its size.
+func ownPayloads(fs []frame.Frame, n int) {
+	for i := range fs {
+		if p := fs[i].Payload; len(p) > 0 && 2*len(p) < n {
+			fs[i].Payload = append([]byte(nil), p...)
+		}
+	}
+}
 
 // respBodyLimit bounds an answer to a poll: the Handler's batches are
 // within its body limit, but one message goes alone, whatever its size, up
