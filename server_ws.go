@@ -341,13 +341,19 @@ func (s *Session) linkLost(l *liveLink, err error) {
 		s.linkMu.Unlock()
 		return
 	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		// The client closed its Conn: the session is over. It ends with
+		// the link still in place, never away for an instant: a Write that
+		// found the session away with its replay buffer full would end it
+		// first, as lost.
+		s.linkMu.Unlock()
+		s.h.log.Debug("link closed by the client", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
+		s.end(ce.Code, ce.Reason, ce)
+		return
+	}
 	s.ws, s.wsDone = nil, nil
 	s.awayLocked()
 	s.linkMu.Unlock()
 	s.h.log.Debug("link lost", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
-	var ce websocket.CloseError
-	if errors.As(err, &ce) {
-		// The client closed its Conn: the session is over.
-		s.end(ce.Code, ce.Reason, ce)
-	}
 }
