@@ -42,10 +42,54 @@ type soakStats struct {
 	switchesToPolling   atomic.Int64
 	switchesToWebSocket atomic.Int64
 	lost                atomic.Int64
+	// gaps counts links replaced because messages were missing from the
+	// middle of their stream, either way; a blackhole that a link lives
+	// through makes such gaps (see faultnet's Blackhole), and nothing else
+	// may: blackholeEnd is when the last one ended (unix ns), 1 while one
+	// is on.
+	gaps         atomic.Int64
+	blackholeEnd atomic.Int64
 
 	mu     sync.Mutex
 	errors []string
 }
+
+// gapSeen counts a gap, and fails the soak unless a blackhole explains it.
+func (s *soakStats) gapSeen(where string) {
+	s.gaps.Add(1)
+	end := s.blackholeEnd.Load()
+	if end == 1 || (end != 0 && time.Since(time.Unix(0, end)) < 2*time.Second) {
+		return
+	}
+	s.fail("%s: messages missing from a link's stream with no blackhole to explain it", where)
+}
+
+// gapLog passes the Handler's log on, and counts the links it replaced for
+// a gap in the client's numbering.
+type gapLog struct {
+	slog.Handler
+	st *soakStats
+}
+
+func (g gapLog) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn || g.Handler.Enabled(ctx, l)
+}
+
+func (g gapLog) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "client's messages lost on the link") {
+		g.st.gapSeen("handler")
+	}
+	if !g.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return g.Handler.Handle(ctx, r)
+}
+
+func (g gapLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return gapLog{g.Handler.WithAttrs(as), g.st}
+}
+
+func (g gapLog) WithGroup(name string) slog.Handler { return gapLog{g.Handler.WithGroup(name), g.st} }
 
 func (s *soakStats) fail(format string, args ...any) {
 	s.violations.Add(1)
@@ -140,8 +184,8 @@ func TestSoak(t *testing.T) {
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = f.Close() })
 		faultLog = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		hopts = append(hopts, tether.WithHandlerLogger(faultLog))
 	}
+	hopts = append(hopts, tether.WithHandlerLogger(slog.New(gapLog{faultLog.Handler(), &st})))
 	ss := newSessionServer(t, soakServe(&st, every), hopts...)
 	const nproxies = 4
 	proxies := make([]*faultnet.Proxy, nproxies)
@@ -155,9 +199,10 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	type client struct {
-		c    *tether.Conn
-		sent atomic.Int64
-		got  int64
+		c       *tether.Conn
+		sent    atomic.Int64
+		got     int64
+		stopped chan struct{} // closed when the writer has returned
 	}
 	clients := make([]*client, conns)
 	ctx, cancel := context.WithTimeout(context.Background(), dur+5*time.Minute)
@@ -176,6 +221,9 @@ func TestSoak(t *testing.T) {
 				if errors.Is(sc.Cause, tether.ErrSessionLost) {
 					st.lost.Add(1)
 					st.fail("conn %d: %v", i, sc.Cause)
+				}
+				if sc.To == tether.Reconnecting && sc.Cause != nil && strings.Contains(sc.Cause.Error(), "message missing in sequence") {
+					st.gapSeen(fmt.Sprintf("conn %d", i))
 				}
 				if sc.From == tether.Connected && sc.To == tether.Connected {
 					st.switchesToWebSocket.Add(1)
@@ -211,8 +259,10 @@ func TestSoak(t *testing.T) {
 	var traffic sync.WaitGroup
 	for i, cl := range clients {
 		traffic.Add(2)
+		cl.stopped = make(chan struct{})
 		go func() {
 			defer traffic.Done()
+			defer close(cl.stopped)
 			t := time.NewTicker(every/2 + rand.N(every))
 			defer t.Stop()
 			for {
@@ -274,10 +324,12 @@ func TestSoak(t *testing.T) {
 			st.resets.Add(1)
 			time.Sleep(300 * time.Millisecond)
 		case 2: // longer than the client's heartbeat timeout
+			st.blackholeEnd.Store(1)
 			p.Blackhole(true)
 			st.blackholes.Add(1)
 			time.Sleep(1500 * time.Millisecond)
 			p.Blackhole(false)
+			st.blackholeEnd.Store(time.Now().UnixNano())
 			faultLog.Info("soak fault over", slog.String("fault", "blackhole"), slog.Int("proxy", pi))
 		case 3:
 			p.SetDelay(20 * time.Millisecond)
@@ -301,7 +353,14 @@ func TestSoak(t *testing.T) {
 	go func() {
 		defer traffic.Done()
 		for _, cl := range clients {
-			// Its writer has stopped: sent is final.
+			// Once its writer has stopped, sent is final: a Write it had
+			// begun may have been numbered, and reach the server, before
+			// this one.
+			select {
+			case <-cl.stopped:
+			case <-ctx.Done():
+				return
+			}
 			_ = cl.c.Write(ctx, websocket.MessageText, []byte("fin "+strconv.FormatInt(cl.sent.Load(), 10)))
 		}
 	}()
@@ -322,10 +381,12 @@ func TestSoak(t *testing.T) {
 		}
 		t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients; "+
 			"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
-			"%d moves to polling, %d back to WebSocket (%d on polling at the end); %d sessions lost; %d violations",
+			"%d moves to polling, %d back to WebSocket (%d on polling at the end); "+
+			"%d links replaced for messages missing from their stream (all within 2 s of a blackhole, or a violation); "+
+			"%d sessions lost; %d violations",
 			conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
 			st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
-			st.switchesToWebSocket.Load(), polling, st.lost.Load(), st.violations.Load())
+			st.switchesToWebSocket.Load(), polling, st.gaps.Load(), st.lost.Load(), st.violations.Load())
 	}
 	for i := range conns {
 		select {
