@@ -303,7 +303,12 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 				// Messages were lost on this link, not from the session:
 				// the client still has them. The link is dropped like a
 				// broken connection, and the client resumes and replays.
-				l.s.h.log.Warn("client's messages lost on the link: replacing the link", slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
+				attrs := []any{slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err)}
+				if w := l.live.watch; w != nil {
+					// Which connection lost them, for the network's logs.
+					attrs = append(attrs, slog.String("remote", w.RemoteAddr().String()))
+				}
+				l.s.h.log.Warn("client's messages lost on the link: replacing the link", attrs...)
 				_ = l.ws.CloseNow()
 				return 0, nil, err
 			}

@@ -45,23 +45,41 @@ type soakStats struct {
 	// gaps counts links replaced because messages were missing from the
 	// middle of their stream, either way; a blackhole that a link lives
 	// through makes such gaps (see faultnet's Blackhole), and nothing else
-	// may: blackholeEnd is when the last one ended (unix ns), 1 while one
-	// is on.
+	// may. The Handler names the connection, which the proxies know;
+	// blackholeEnd is, for each proxy, when its last blackhole ended (unix
+	// ns), 1 while one is on, for the gaps a Conn sees.
 	gaps         atomic.Int64
-	blackholeEnd atomic.Int64
+	proxies      atomic.Pointer[[]*faultnet.Proxy] // set once the Handler runs
+	blackholeEnd [soakProxies]atomic.Int64
 
 	mu     sync.Mutex
 	errors []string
 }
 
-// gapSeen counts a gap, and fails the soak unless a blackhole explains it.
-func (s *soakStats) gapSeen(where string) {
+// soakProxies is how many faultnet proxies the soak's Conns go through.
+const soakProxies = 4
+
+// handlerGap counts a gap the Handler saw on the connection from remote,
+// and fails the soak unless a blackhole cut into that connection.
+func (s *soakStats) handlerGap(remote string) {
 	s.gaps.Add(1)
-	end := s.blackholeEnd.Load()
-	if end == 1 || (end != 0 && time.Since(time.Unix(0, end)) < 2*time.Second) {
+	for _, p := range *s.proxies.Load() {
+		if p.DroppedOn(remote) {
+			return
+		}
+	}
+	s.fail("handler: messages missing from the stream of the connection from %s, which no blackhole cut into", remote)
+}
+
+// connGap counts a gap Conn i saw, through proxy pi, and fails the soak
+// unless a blackhole on that proxy is on or ended in the last 10 s.
+func (s *soakStats) connGap(i, pi int) {
+	s.gaps.Add(1)
+	end := s.blackholeEnd[pi].Load()
+	if end == 1 || (end != 0 && time.Since(time.Unix(0, end)) < 10*time.Second) {
 		return
 	}
-	s.fail("%s: messages missing from a link's stream with no blackhole to explain it", where)
+	s.fail("conn %d: messages missing from a link's stream with no blackhole to explain it", i)
 }
 
 // gapLog passes the Handler's log on, and counts the links it replaced for
@@ -77,7 +95,14 @@ func (g gapLog) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (g gapLog) Handle(ctx context.Context, r slog.Record) error {
 	if strings.HasPrefix(r.Message, "client's messages lost on the link") {
-		g.st.gapSeen("handler")
+		remote := ""
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "remote" {
+				remote = a.Value.String()
+			}
+			return true
+		})
+		g.st.handlerGap(remote)
 	}
 	if !g.Handler.Enabled(ctx, r.Level) {
 		return nil
@@ -187,11 +212,12 @@ func TestSoak(t *testing.T) {
 	}
 	hopts = append(hopts, tether.WithHandlerLogger(slog.New(gapLog{faultLog.Handler(), &st})))
 	ss := newSessionServer(t, soakServe(&st, every), hopts...)
-	const nproxies = 4
+	const nproxies = soakProxies
 	proxies := make([]*faultnet.Proxy, nproxies)
 	for i := range proxies {
 		proxies[i] = lostProxy(t, ss.Addr())
 	}
+	st.proxies.Store(&proxies)
 
 	jittered := func(d time.Duration) func() backoff.BackOff {
 		return func() backoff.BackOff {
@@ -223,7 +249,7 @@ func TestSoak(t *testing.T) {
 					st.fail("conn %d: %v", i, sc.Cause)
 				}
 				if sc.To == tether.Reconnecting && sc.Cause != nil && strings.Contains(sc.Cause.Error(), "message missing in sequence") {
-					st.gapSeen(fmt.Sprintf("conn %d", i))
+					st.connGap(i, i%nproxies)
 				}
 				if sc.From == tether.Connected && sc.To == tether.Connected {
 					st.switchesToWebSocket.Add(1)
@@ -324,12 +350,12 @@ func TestSoak(t *testing.T) {
 			st.resets.Add(1)
 			time.Sleep(300 * time.Millisecond)
 		case 2: // longer than the client's heartbeat timeout
-			st.blackholeEnd.Store(1)
+			st.blackholeEnd[pi].Store(1)
 			p.Blackhole(true)
 			st.blackholes.Add(1)
 			time.Sleep(1500 * time.Millisecond)
 			p.Blackhole(false)
-			st.blackholeEnd.Store(time.Now().UnixNano())
+			st.blackholeEnd[pi].Store(time.Now().UnixNano())
 			faultLog.Info("soak fault over", slog.String("fault", "blackhole"), slog.Int("proxy", pi))
 		case 3:
 			p.SetDelay(20 * time.Millisecond)
@@ -382,7 +408,7 @@ func TestSoak(t *testing.T) {
 		t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients; "+
 			"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
 			"%d moves to polling, %d back to WebSocket (%d on polling at the end); "+
-			"%d links replaced for messages missing from their stream (all within 2 s of a blackhole, or a violation); "+
+			"%d links replaced for messages missing from their stream (each one a blackhole cut into, or a violation); "+
 			"%d sessions lost; %d violations",
 			conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
 			st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
