@@ -373,3 +373,62 @@ func TestSessionWriteInvalidUTF8(t *testing.T) {
 	_ = dial(t, ss.URL())
 	require.True(t, errors.Is(<-errs, tether.ErrInvalidUTF8))
 }
+
+// A message queued while reconnecting, under the limit of the server that
+// was, and over the limit the next one tells, is dropped when the queue is
+// sent, and counted: sent, it would be refused on every link. The Conn
+// goes on with the next message.
+func TestQueuedOverNewServerLimitDropped(t *testing.T) {
+	t.Parallel()
+	colA, colB := newCollect(), newCollect()
+	a := tether.NewHandler(colA.serve)
+	b := tether.NewHandler(colB.serve, tether.WithHandlerReadLimit(10_000))
+	var (
+		mu      sync.Mutex
+		current http.Handler = a
+		refuse  bool
+	)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		h, no := current, refuse
+		mu.Unlock()
+		if no {
+			http.Error(w, "restarting", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(func() {
+		_ = a.Close() // closed by the test, unless it failed first
+		require.NoError(t, b.Close())
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	ev := newEvents()
+	c := dial(t, "ws"+srv.URL[len("http"):], ev.option())
+	ctx := ctxT(t, 10*time.Second)
+	require.NoError(t, c.Write(ctx, websocket.MessageBinary, sized(1, 100)))
+	colA.expect(t, ctx, sized(1, 100))
+
+	// The first server goes, and the next is not there yet.
+	mu.Lock()
+	refuse = true
+	mu.Unlock()
+	require.NoError(t, a.Close())
+	ev.next(t, tether.Reconnecting, 5*time.Second)
+	require.NoError(t, c.Write(ctx, websocket.MessageBinary, sized(2, 20_000)), "within the first server's limit: queued")
+	require.NoError(t, c.Write(ctx, websocket.MessageBinary, sized(3, 100)))
+	mu.Lock()
+	current, refuse = b, false
+	mu.Unlock()
+
+	colB.expect(t, ctx, sized(3, 100))
+	require.EqualValues(t, 1, c.Stats().QueueDropped)
+	require.Equal(t, tether.Connected, c.State())
+	err = c.Write(ctx, websocket.MessageBinary, sized(4, 20_000))
+	require.ErrorIs(t, err, tether.ErrMessageTooLarge, "the new server's limit holds at Write")
+}
