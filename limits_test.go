@@ -214,8 +214,10 @@ func TestPollingBatchesFitHandlerLimits(t *testing.T) {
 	for i := range 40 {
 		col.expect(t, ctx, sized(i, 30000))
 	}
+	// A send is counted once the Handler has answered it, after serve got
+	// its messages.
+	eventually(t, 5*time.Second, func() bool { return ls.count(http.StatusOK) >= 3 }, "the messages went in several sends")
 	require.Zero(t, ls.count(http.StatusRequestEntityTooLarge), "sends refused as too large")
-	require.GreaterOrEqual(t, ls.count(http.StatusOK), 3, "the messages went in several sends")
 	require.Zero(t, c.Stats().Reconnects)
 }
 
@@ -242,7 +244,7 @@ func TestPollingBatchesShrinkOn413(t *testing.T) {
 	for i := range 40 {
 		col.expect(t, ctx, sized(i, 30000))
 	}
-	require.Positive(t, ls.count(http.StatusRequestEntityTooLarge), "the Handler's header was hidden: a send was too large")
+	eventually(t, 5*time.Second, func() bool { return ls.count(http.StatusRequestEntityTooLarge) > 0 }, "the Handler's header was hidden: a send was too large")
 	require.Zero(t, c.Stats().Reconnects, "a send refused as too large is split, not the link dropped")
 }
 
@@ -267,6 +269,7 @@ func TestPolling413OneMessageEnds(t *testing.T) {
 	require.ErrorIs(t, sc.Cause, tether.ErrMessageTooLarge)
 	_, _, err := c.Read(ctx)
 	require.ErrorIs(t, err, tether.ErrMessageTooLarge)
+	eventually(t, 5*time.Second, func() bool { return ls.count(http.StatusRequestEntityTooLarge) == 1 }, "the send refused")
 	require.Equal(t, 1, ls.count(http.StatusRequestEntityTooLarge), "refused once, not sent again")
 	require.Zero(t, c.Stats().Reconnects)
 }
