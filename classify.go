@@ -65,6 +65,9 @@ func classify(err error) verdict {
 	if code := websocket.CloseStatus(err); code != -1 {
 		return classifyClose(code)
 	}
+	if errors.Is(err, ErrMessageTooLarge) {
+		return verdict{false, "a message the server refuses on every link is permanent"}
+	}
 	if errors.Is(err, ErrRedirect) {
 		return verdict{false, "a redirect to another host or to cleartext is permanent"}
 	}

@@ -43,8 +43,11 @@ type Conn struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the supervisor has returned
 
-	live  atomic.Pointer[liveLink] // set while Writes may go straight through
-	state atomic.Int32
+	live atomic.Pointer[liveLink] // set while Writes may go straight through
+	// server is what the server of a session told of its limits on the
+	// last link's handshake; nil in plain mode.
+	server atomic.Pointer[peerLimits]
+	state  atomic.Int32
 
 	rd *reader
 

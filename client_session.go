@@ -55,8 +55,9 @@ type sessionLink struct {
 	c       *Conn
 	s       *clientSession
 	t       frameTransport
-	live    *liveLink // set once the link is live
-	peerAck uint64    // the server's ack in its Hello: replay what follows
+	live    *liveLink  // set once the link is live
+	peerAck uint64     // the server's ack in its Hello: replay what follows
+	limits  peerLimits // what the server told on this link's handshake
 }
 
 // Read returns the next new message from the server. Acknowledging it is
@@ -308,7 +309,7 @@ func (c *Conn) resumeHeaders(h http.Header) {
 // startSession takes the server's Hello on a new link: it resumes the
 // Conn's session, or starts a new one (reporting the old one lost), and
 // replays what the server has not acknowledged.
-func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, error) {
+func (c *Conn) startSession(t frameTransport, hello frame.Frame, limits peerLimits) (*sessionLink, error) {
 	switch {
 	case hello.Kind == frame.Close:
 		c.dropSession()
@@ -343,7 +344,8 @@ func (c *Conn) startSession(t frameTransport, hello frame.Frame) (*sessionLink, 
 
 	// What the server has not acknowledged is replayed once the link is
 	// read (see replay).
-	sl := &sessionLink{c: c, s: s, t: t, peerAck: hello.Ack}
+	sl := &sessionLink{c: c, s: s, t: t, peerAck: hello.Ack, limits: limits}
+	c.server.Store(&sl.limits)
 	if lost {
 		c.logf(slog.LevelWarn, "session lost: the server did not resume it", WebSocket, 0)
 		sl.lost = fmt.Errorf("tether: the server could not resume the session; messages may be missing: %w", ErrSessionLost)

@@ -53,7 +53,11 @@
 // waits for room. A new link presents the session and the last number read,
 // and both sides replay the rest. Every message is delivered exactly
 // once, in order, across drops and transport switches, for as long as the
-// server keeps the session ([WithSessionTTL], 2 minutes by default).
+// server keeps the session ([WithSessionTTL], 2 minutes by default). Each
+// side tells the other its limits on every handshake, and a Write refuses,
+// before numbering it, a message the peer would refuse on every link: over
+// the peer's read limit ([ErrMessageTooLarge]), or text that is not valid
+// UTF-8 ([ErrInvalidUTF8]).
 //
 // When a session cannot be resumed (expired, unknown to the server, replay
 // buffer overflowed), Read returns an error wrapping [ErrSessionLost] once,

@@ -25,9 +25,18 @@ var (
 	// has no room and the queue policy is QueueFailFast.
 	ErrQueueFull = errors.New("tether: send queue full")
 
-	// ErrMessageTooLarge is returned by Write while reconnecting when a
-	// message is larger than the whole send queue.
-	ErrMessageTooLarge = errors.New("tether: message larger than the send queue")
+	// ErrMessageTooLarge is wrapped by the error of a Write whose message
+	// could never be sent: larger than the whole send queue (while
+	// reconnecting), or, in session mode, larger than the peer's read limit
+	// as the peer told it (a Conn's server, a Session's client). Nothing of
+	// such a message is sent, and the link is not harmed: once numbered, it
+	// would be refused on every link and sent again on the next.
+	ErrMessageTooLarge = errors.New("tether: message too large")
+
+	// ErrInvalidUTF8 is wrapped by the error of a Write, in session mode, of
+	// a text message that is not valid UTF-8, which WebSocket forbids: the
+	// peer would end the session (close code 1007). Nothing of it is sent.
+	ErrInvalidUTF8 = errors.New("tether: text message is not valid UTF-8")
 
 	// ErrGaveUp is wrapped by the error that ends a Conn when the retry policy
 	// stops (a retry limit, or a backoff that returned backoff.Stop).

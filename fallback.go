@@ -2,6 +2,7 @@ package tether
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -143,6 +144,14 @@ type pollTransport struct {
 	secret string
 	ack    func() uint64 // the session's receive position
 	onAck  func(uint64)  // applies the server's acknowledgement
+	limits peerLimits    // what the Handler told on the open
+	// maxBody and maxBatch bound a send's body and frames: the Handler's
+	// limits, or its defaults when it told none. maxBody shrinks when a
+	// send is refused as too large all the same; sender only.
+	maxBody  int
+	maxBatch int
+	// respBody bounds what the client reads of an answer.
+	respBody int
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -172,7 +181,7 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 		return nil, frame.Frame{}, err
 	}
 	hc := c.pollHTTPClient()
-	fs, err := doPoll(hc, req, 1)
+	fs, hdr, err := doPollHeader(hc, req, 1, DefaultMaxBody)
 	var ps *pollStatusError
 	if errors.As(err, &ps) {
 		// Opening is the polling handshake: its status is classified like a
@@ -185,15 +194,20 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 	if len(fs) != 1 {
 		return nil, frame.Frame{}, errNoHello
 	}
+	limits := parseLimits(hdr)
 	t := &pollTransport{
-		c:      c,
-		hc:     hc,
-		base:   c.pollURL,
-		sid:    fmt.Sprintf("%x", fs[0].Session),
-		secret: fmt.Sprintf("%x", fs[0].Secret),
-		frames: make(chan frame.Frame, DefaultMaxBatch),
-		failed: make(chan struct{}),
-		wake:   make(chan struct{}, 1),
+		c:        c,
+		hc:       hc,
+		base:     c.pollURL,
+		sid:      fmt.Sprintf("%x", fs[0].Session),
+		secret:   fmt.Sprintf("%x", fs[0].Secret),
+		limits:   limits,
+		maxBody:  int(cmp.Or(limits.body, DefaultMaxBody)),
+		maxBatch: cmp.Or(limits.batch, DefaultMaxBatch),
+		respBody: respBodyLimit(limits, c.currentReadLimit()),
+		frames:   make(chan frame.Frame, DefaultMaxBatch),
+		failed:   make(chan struct{}),
+		wake:     make(chan struct{}, 1),
 	}
 	// The transport's life is its own: Close still has to tell the server
 	// after the Conn's ctx has ended.
@@ -211,25 +225,63 @@ func (t *pollTransport) start(ack func() uint64, onAck func(uint64)) {
 	go t.sender()
 }
 
-// doPoll makes one polling request and decodes the frames it answers.
-func doPoll(hc *http.Client, req *http.Request, maxFrames int) ([]frame.Frame, error) {
+// doPoll makes one polling request and decodes the frames it answers, in
+// a body of at most maxBody bytes.
+func doPoll(hc *http.Client, req *http.Request, maxFrames, maxBody int) ([]frame.Frame, error) {
+	fs, _, err := doPollHeader(hc, req, maxFrames, maxBody)
+	return fs, err
+}
+
+// doPollHeader is doPoll, with the answer's header.
+func doPollHeader(hc *http.Client, req *http.Request, maxFrames, maxBody int) ([]frame.Frame, http.Header, error) {
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, redactErr(err)
+		return nil, nil, redactErr(err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, DefaultMaxBody+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxBody)+1))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, &pollStatusError{
+		return nil, nil, &pollStatusError{
 			op:         req.URL.Query().Get(pollParam),
 			status:     resp.StatusCode,
 			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 	}
-	return frame.DecodeBatch(body, maxFrames, DefaultMaxBody)
+	if len(body) > maxBody {
+		return nil, nil, fmt.Errorf("tether: polling %s: an answer of more than %d bytes", req.URL.Query().Get(pollParam), maxBody)
+	}
+	fs, err := frame.DecodeBatch(body, maxFrames, maxBody)
+	ownPayloads(fs, len(body))
+	return fs, resp.Header, err
+}
+
+// ownPayloads copies out of a decoded answer of n bytes the payloads that
+// are less than half of it: a message waits to be read as long as the
+// application likes, and a small one must not keep the whole answer alive.
+// At most one payload keeps the answer, then at most twice its size.
+func ownPayloads(fs []frame.Frame, n int) {
+	for i := range fs {
+		if p := fs[i].Payload; len(p) > 0 && 2*len(p) < n {
+			fs[i].Payload = append([]byte(nil), p...)
+		}
+	}
+}
+
+// respBodyLimit bounds an answer to a poll: the Handler's batches are
+// within its body limit, but one message goes alone, whatever its size, up
+// to the client's read limit (a larger one fails the link, and Read says
+// so).
+func respBodyLimit(l peerLimits, readLimit int64) int {
+	msg := int64(maxReplayBytes) // no read limit: the most a window holds
+	if readLimit >= 0 {
+		msg = min(readLimit, msg)
+	}
+	// An ack and a close may ride beside a message.
+	const slack = 2*frameHeaderMax + frame.BatchHeaderMax + frame.MaxReason + 64
+	return int(max(l.body, DefaultMaxBody, msg) + slack)
 }
 
 // pollStatusError is a polling request answered with a status other than
@@ -299,7 +351,7 @@ func (t *pollTransport) retry(method, op string, body []byte, timeout time.Durat
 			cancel()
 			return nil, err
 		}
-		fs, err := doPoll(t.hc, req, DefaultMaxBatch+1)
+		fs, err := doPoll(t.hc, req, max(t.maxBatch, DefaultMaxBatch)+1, t.respBody)
 		cancel()
 		if err == nil {
 			return fs, nil
@@ -365,9 +417,23 @@ func (t *pollTransport) sender() {
 		t.outbox = nil
 		t.mu.Unlock()
 		for len(fs) > 0 {
-			n := min(len(fs), DefaultMaxBatch)
+			n := t.batchLen(fs)
 			body := frame.AppendBatch(nil, fs[:n])
 			acks, err := t.retry(http.MethodPost, pollSend, body, t.c.opts.handshakeTimeout+pollTimeout)
+			var ps *pollStatusError
+			if errors.As(err, &ps) && ps.status == http.StatusRequestEntityTooLarge {
+				if n > 1 {
+					// The Handler takes less than it told, or told
+					// nothing and takes less than its defaults: smaller
+					// batches, down to one frame each.
+					t.maxBody = len(body) / 2
+					continue
+				}
+				// One message the Handler refuses whatever the batch:
+				// numbered, it would be sent again on every link.
+				err = fmt.Errorf("a message of %d bytes is more than the server takes: %w",
+					len(fs[0].Payload), ErrMessageTooLarge)
+			}
 			if err != nil {
 				t.fail(fmt.Errorf("tether: sending: %w", err))
 				return
@@ -378,6 +444,20 @@ func (t *pollTransport) sender() {
 			fs = fs[n:]
 		}
 	}
+}
+
+// batchLen is how many of fs, from the first, go in the next send: as many
+// as fit the Handler's limits, and at least one.
+func (t *pollTransport) batchLen(fs []frame.Frame) int {
+	n, size := 0, frame.BatchHeaderMax
+	for n < len(fs) && n < t.maxBatch {
+		size += frame.EntrySize(&fs[n])
+		if n > 0 && size > t.maxBody {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 func (t *pollTransport) readFrame(ctx context.Context) (frame.Frame, error) {
@@ -436,7 +516,7 @@ func (t *pollTransport) Close(code websocket.StatusCode, reason string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	req, err := t.request(ctx, http.MethodPost, pollSend, body)
 	if err == nil {
-		_, err = doPoll(t.hc, req, DefaultMaxBatch+1)
+		_, err = doPoll(t.hc, req, max(t.maxBatch, DefaultMaxBatch)+1, t.respBody)
 	}
 	cancel()
 	_ = t.CloseNow()

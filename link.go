@@ -2,7 +2,9 @@ package tether
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,6 +43,12 @@ type liveLink struct {
 	err      error
 	foreign  error
 
+	// The peer's close, when a write failed the link first (see settle):
+	// closeErr is the reader's error, closeSeen is closed when it is set.
+	closeMu   sync.Mutex
+	closeErr  error
+	closeSeen chan struct{}
+
 	// wg counts the goroutines working on this link (background reader,
 	// pings). The supervisor waits for them before the next link is used.
 	wg sync.WaitGroup
@@ -71,8 +79,12 @@ func newLiveLink(parent context.Context, l link, t Transport) *liveLink {
 }
 
 // fail records the first error seen on the link and wakes the supervisor.
+// The peer's close frame, seen after a write found the link closed, is kept
+// beside it (see settle).
 func (l *liveLink) fail(err error) {
+	first := false
 	l.deadOnce.Do(func() {
+		first = true
 		if !strings.HasPrefix(err.Error(), "tether: ") {
 			l.foreign = err
 			err = fmt.Errorf("tether: %v link lost: %w", l.transport, err)
@@ -80,6 +92,57 @@ func (l *liveLink) fail(err error) {
 		l.err = err
 		close(l.dead)
 	})
+	if !first && websocket.CloseStatus(err) != -1 && closedUnder(l.err) {
+		l.closeMu.Lock()
+		if l.closeErr == nil {
+			l.closeErr = err
+			if l.closeSeen != nil {
+				close(l.closeSeen)
+			}
+		}
+		l.closeMu.Unlock()
+	}
+}
+
+// closeGrace is how long a link that failed because a write found it closed
+// waits for its reader to say why (see settle).
+const closeGrace = 100 * time.Millisecond
+
+// closedUnder reports whether err is a write's, or a ping's, that found the
+// connection closed under it.
+func closedUnder(err error) bool { return errors.Is(err, net.ErrClosed) }
+
+// settle returns the peer's close frame when a write, or a ping, failed the
+// link first because the connection was closed under it, waiting closeGrace
+// at most for the reader; nil otherwise. coder/websocket closes the
+// connection as soon as it has read the peer's close frame, before its
+// reader returns that frame: a write in between fails with net.ErrClosed,
+// and the close code, which decides whether to reconnect or whether a
+// session has ended, would be lost. l has failed.
+func (l *liveLink) settle() error {
+	if !closedUnder(l.err) {
+		return nil
+	}
+	l.closeMu.Lock()
+	if l.closeErr != nil {
+		err := l.closeErr
+		l.closeMu.Unlock()
+		return err
+	}
+	if l.closeSeen == nil {
+		l.closeSeen = make(chan struct{})
+	}
+	seen := l.closeSeen
+	l.closeMu.Unlock()
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-seen:
+	case <-t.C:
+	}
+	l.closeMu.Lock()
+	defer l.closeMu.Unlock()
+	return l.closeErr
 }
 
 // untilDead returns a ctx that ends with parent or when l fails, for a

@@ -300,7 +300,9 @@ func WithSessionMode(enabled bool) Option {
 // The default is 32 KiB; -1 disables the limit. A larger message ends its
 // link; Read returns an error wrapping websocket.ErrMessageTooBig once, and
 // the Conn reconnects with backoff (in session mode the server sends the
-// message again on the next link).
+// message again on the next link). In session mode the limit is told to the
+// server on every handshake, and a tether Handler's Session.Write refuses a
+// larger message; a limit changed by SetReadLimit is told on the next one.
 func WithReadLimit(n int64) Option {
 	return func(o *options) {
 		if n < -1 {

@@ -50,6 +50,9 @@ func TestReadLimitSession(t *testing.T) {
 		t.Run(map[bool]string{false: "websocket", true: "polling"}[polling], func(t *testing.T) {
 			t.Parallel()
 			ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
+				if _, _, err := s.Read(ctx); err != nil {
+					return
+				}
 				if s.Write(ctx, websocket.MessageBinary, make([]byte, 4096)) != nil {
 					return
 				}
@@ -57,14 +60,19 @@ func TestReadLimitSession(t *testing.T) {
 			})
 			// No reconnect after the drop: the server would send the message
 			// again on the next link.
-			opts := []tether.Option{tether.WithReadLimit(1024), tether.WithBackoff(constBackoff(time.Hour))}
+			opts := []tether.Option{tether.WithBackoff(constBackoff(time.Hour))}
 			if polling {
 				ss.setBlock(true)
 				opts = append(opts, tether.WithFallback(""))
 			}
 			c := dial(t, ss.URL(), opts...)
 			require.Equal(t, polling, c.Transport() == tether.Polling)
-			_, p, err := c.Read(ctxT(t, 10*time.Second))
+			// Lowered after the handshake told the server the default: the
+			// server does not know, and sends the message.
+			c.SetReadLimit(1024)
+			ctx := ctxT(t, 10*time.Second)
+			require.NoError(t, c.Write(ctx, websocket.MessageBinary, []byte("go")))
+			_, p, err := c.Read(ctx)
 			require.ErrorIs(t, err, websocket.ErrMessageTooBig, "got %d bytes", len(p))
 		})
 	}

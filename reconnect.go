@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -35,10 +36,15 @@ func (c *Conn) run(dialCtx context.Context, first chan<- error) {
 	up := time.Now() // when the current link came up
 	for {
 		cause := c.heartbeat(l)
-		if l.failed() && cause == l.err && l.foreign != nil {
-			// In the words of the network, with 1006 for a link that
-			// ended without a close frame.
-			cause = newLostError(l.transport, l.foreign)
+		if l.failed() && cause == l.err {
+			if closed := l.settle(); closed != nil {
+				// The server's close, which a write that raced it hid.
+				cause = newLostError(l.transport, closed)
+			} else if l.foreign != nil {
+				// In the words of the network, with 1006 for a link that
+				// ended without a close frame.
+				cause = newLostError(l.transport, l.foreign)
+			}
 		}
 		if errors.Is(cause, websocket.ErrMessageTooBig) {
 			// The message is gone with its link; the application is told
@@ -365,6 +371,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 	}
 	c.mu.Unlock()
 	if !session {
+		c.server.Store(nil)
 		ws.SetReadLimit(limit)
 		l := newLiveLink(c.ctx, ws, WebSocket)
 		l.watch, l.gate = d.watch, d.gate
@@ -392,7 +399,7 @@ func (c *Conn) adopt(ctx context.Context, d *dialed) (*liveLink, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", errNoHello, err)
 	}
-	sl, err := c.startSession(wf, hello)
+	sl, err := c.startSession(wf, hello, parseLimits(resp.Header))
 	if err != nil {
 		_ = ws.CloseNow()
 		return nil, err
@@ -410,7 +417,7 @@ func (c *Conn) openPolling(ctx context.Context) (*liveLink, error) {
 	if err != nil {
 		return nil, err
 	}
-	sl, err := c.startSession(t, hello)
+	sl, err := c.startSession(t, hello, t.limits)
 	if err != nil {
 		return nil, err
 	}
@@ -457,6 +464,13 @@ func (c *Conn) addHeaders(ctx context.Context, h http.Header) error {
 		}
 	}
 	h.Set(ConnIDHeader, c.id)
+	if !c.opts.noSession {
+		// A Handler refuses, at Session.Write, what the client would
+		// refuse on every link.
+		if limit := c.currentReadLimit(); limit >= 0 {
+			h.Set(headerReadLimit, strconv.FormatInt(limit, 10))
+		}
+	}
 	c.resumeHeaders(h)
 	return nil
 }

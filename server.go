@@ -54,6 +54,7 @@ type Handler struct {
 
 	refusals logLimiter
 	stats    handlerCounters
+	limits   string // the Tether-Limits header (see limitsHeader)
 }
 
 // NewHandler returns a Handler that calls serve, on a goroutine of its own,
@@ -73,6 +74,7 @@ func NewHandler(serve func(ctx context.Context, s *Session), opts ...HandlerOpti
 		sessions: make(map[[16]byte]*Session),
 		tombs:    newTombstones(),
 		clients:  make(map[string]int),
+		limits:   o.limitsHeader(),
 	}
 	h.stopCtx, h.stopNow = context.WithCancel(context.Background())
 	if o.cluster != nil {
@@ -87,6 +89,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// client that this server really speaks tether.v1; on a refusal, that
 	// the refusal is the server's and not a proxy's on the way.
 	w.Header().Set(headerProtocol, Subprotocol)
+	// And its limits, so that a client refuses at Write a message the
+	// Handler would refuse on every link, and fits its batches to them.
+	w.Header().Set(headerLimits, h.limits)
 	if isWebSocketUpgrade(r) {
 		h.serveWebSocket(w, r)
 		return
@@ -224,6 +229,7 @@ func (h *Handler) openSession(r *http.Request, rr resumeReq, t Transport, reader
 				h.wg.Add(1)
 			}
 			h.stats.resumes.Add(1)
+			s.setClientLimit(r)
 			return s, frame.StatusResumed, nil
 		}
 		if ts, ok := h.tombs.find(rr.id, rr.secret, time.Now()); ok {
@@ -237,6 +243,7 @@ func (h *Handler) openSession(r *http.Request, rr resumeReq, t Transport, reader
 		return nil, 0, err
 	}
 	s.transport = t
+	s.setClientLimit(r)
 	h.stats.opened.Add(1)
 	if reader {
 		h.wg.Add(1)

@@ -195,7 +195,10 @@ func WithPollLimits(maxBody int64, maxBatch int, wait time.Duration) HandlerOpti
 }
 
 // WithHandlerReadLimit sets the largest message a session accepts from its
-// client. The default is 32 KiB, as in coder/websocket.
+// client. The default is 32 KiB, as in coder/websocket. The Handler tells it
+// to its clients, with WithPollLimits' bounds, in the Tether-Limits header
+// of its answers: a tether Conn in session mode refuses a larger message at
+// Write, and keeps its polling sends within the bounds.
 func WithHandlerReadLimit(n int64) HandlerOption {
 	return func(o *handlerOptions) {
 		if n > 0 {

@@ -357,6 +357,12 @@ func (h *Handler) pollWait(w http.ResponseWriter, r *http.Request, s *Session, p
 		select {
 		case <-wake:
 		case <-release:
+			p.mu.Lock()
+			code := p.code
+			p.mu.Unlock()
+			if code != 0 {
+				continue // the session ended: say how (closeWith sets code first)
+			}
 			writeFrames(w, nil)
 			return
 		case <-timer.C:
@@ -399,10 +405,13 @@ func (h *Handler) pollSend(w http.ResponseWriter, r *http.Request, s *Session, p
 		case errors.Is(err, errBeyondWindow):
 			status = http.StatusRequestEntityTooLarge
 		case errors.Is(err, errMoved):
-			p.mu.Lock()
-			closed, code, reason := p.closed, p.code, p.reason
-			p.mu.Unlock()
-			if closed && code != 0 {
+			// The session's own end state, not its poll link's: end takes
+			// the link away first and tells it how the session ended after
+			// (see Session.end), and a send in between must not say 409.
+			s.linkMu.Lock()
+			ended, code, reason := s.ended, s.endCode, s.endReason
+			s.linkMu.Unlock()
+			if ended {
 				// The session ended while this request was on its way:
 				// say how, as its poll does, rather than that it moved.
 				writeFrames(w, []frame.Frame{{Kind: frame.Close, Code: uint16(code), Reason: clipReason(reason)}})
@@ -492,7 +501,10 @@ func (s *Session) receiveBatch(fs []frame.Frame, p *pollLink) error {
 			continue
 		}
 		if f.Seq != next+1 {
-			return fmt.Errorf("%w: got %d after %d", errGap, f.Seq, next)
+			// The client resumes and replays (see gapped).
+			err := fmt.Errorf("%w: got %d after %d", errGap, f.Seq, next)
+			s.gapped(next, err)
+			return err
 		}
 		next++
 		costs = append(costs, msgOverhead+bufSize(len(f.Payload)))

@@ -39,12 +39,19 @@ type Session struct {
 	wout   []byte     // the frame prepare encoded for send, under seq.wmu
 	wbig   *[]byte    // wout's pooled buffer, for a large frame
 	recvMu sync.Mutex // one receiver at a time, even while links change
+	// gapAt and gaps count the links that showed a gap in the client's
+	// numbering while it stood at gapAt (see gapped); under recvMu.
+	gapAt uint64
+	gaps  int
 	// rd serves Read: on the serve goroutine itself while it waits in Read
 	// (no goroutine hop per message), by a background reader otherwise.
 	// Messages from long polling are delivered into it.
 	rd *reader
 
 	used atomic.Bool // a message went either way (see WithUnusedSessionTTL)
+	// clientLimit is the client's read limit plus one, as its last link's
+	// handshake told it (see Write); 0 when it told none.
+	clientLimit atomic.Int64
 
 	handedOver bool        // taken over from another instance's Shutdown
 	lease      Lease       // the session's lease in the cluster; under h.cl.mu
@@ -174,14 +181,21 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 // Write sends a message to the client. While the client is away it is kept
 // for replay; while the client is connected but slow to acknowledge, Write
 // waits for room in the replay buffer or for ctx to end. A text message
-// must be valid UTF-8. To a plain client, Write writes on the connection
-// straight away: a ctx that ends during the write closes it.
+// must be valid UTF-8 (else the error wraps ErrInvalidUTF8). In session
+// mode a message over the read limit the client told on its last handshake
+// (a tether Conn tells its WithReadLimit) is refused before it is numbered,
+// with an error wrapping ErrMessageTooLarge: the client would refuse it on
+// every link. To a plain client, Write writes on the connection straight
+// away: a ctx that ends during the write closes it.
 func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	if typ == websocket.MessageText && !utf8.Valid(p) {
 		return fmt.Errorf("tether: session write: %w", errInvalidUTF8)
 	}
 	if s.plain {
 		return s.writePlain(ctx, typ, p)
+	}
+	if err := checkNumbered(typ, p, s.clientLimit.Load()-1, "client"); err != nil {
+		return fmt.Errorf("tether: session %s: %w", s.idStr, err)
 	}
 	s.markUsed()
 	for {
@@ -270,7 +284,11 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	}
 	s.seq.mu.Lock()
 	deliver, err := s.seq.receive(f)
+	recv := s.seq.recv
 	s.seq.mu.Unlock()
+	if errors.Is(err, errGap) {
+		s.gapped(recv, err)
+	}
 	if err != nil || !deliver {
 		return message{}, false, err
 	}
@@ -283,9 +301,33 @@ func (s *Session) take(f *frame.Frame) (message, bool, error) {
 	return message{typ: msgType(f.Binary), p: f.Payload, owner: s.seq}, true, nil
 }
 
+// maxGaps is how many links in a row may show the same gap in the client's
+// numbering before the session ends. A gap is a link that lost messages on
+// the way (a middlebox that drops bytes and carries on): the link is
+// replaced, and the client replays what the Handler has not acknowledged,
+// which fills the gap. A gap that resumes do not fill is a client that does
+// not replay, and resuming again would not help.
+const maxGaps = 3
+
+// gapped records a gap in the client's numbering after recv, the last
+// message received in order; s.recvMu is held. The caller replaces the link
+// (the client resumes and replays), unless this is the same gap for the
+// maxGaps-th time in a row: then gapped ends the session, with 1002.
+func (s *Session) gapped(recv uint64, err error) {
+	if s.gaps > 0 && s.gapAt == recv {
+		s.gaps++
+	} else {
+		s.gapAt, s.gaps = recv, 1
+	}
+	if s.gaps >= maxGaps {
+		s.end(websocket.StatusProtocolError, "message missing in sequence",
+			fmt.Errorf("tether: session %s: the client's replays do not fill a gap: %w", s.idStr, err))
+	}
+}
+
 // errInvalidUTF8 refuses a text message that is not valid UTF-8, as
 // WebSocket requires.
-var errInvalidUTF8 = errors.New("tether: text message is not valid UTF-8")
+var errInvalidUTF8 = ErrInvalidUTF8
 
 // validClientCode reports whether a client may close with code: the codes
 // RFC 6455 defines for endpoints to send (1012 to 1014 are a server's), and

@@ -226,6 +226,9 @@ func (s *Session) watchWS(l *liveLink, done chan struct{}) {
 	select {
 	case <-l.dead:
 		err = l.err
+		if closed := l.settle(); closed != nil {
+			err = closed // the client's close, which a write that raced it hid
+		}
 	case <-s.ctx.Done():
 		// The session ended; l.err is not to be read unless l failed.
 	}
@@ -306,6 +309,19 @@ func (l *serverWS) Read(ctx context.Context) (websocket.MessageType, []byte, err
 			s.recvMu.Unlock()
 		}
 		if err != nil {
+			if errors.Is(err, errGap) && !l.s.isEnded() {
+				// Messages were lost on this link, not from the session:
+				// the client still has them. The link is dropped like a
+				// broken connection, and the client resumes and replays.
+				attrs := []any{slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err)}
+				if w := l.live.watch; w != nil {
+					// Which connection lost them, for the network's logs.
+					attrs = append(attrs, slog.String("remote", w.RemoteAddr().String()))
+				}
+				l.s.h.log.Warn("client's messages lost on the link: replacing the link", attrs...)
+				_ = l.ws.CloseNow()
+				return 0, nil, err
+			}
 			if !l.s.isEnded() { // else the link's watcher says why
 				l.s.h.log.Warn("bad frame from client", slog.String("session", l.s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
 				_ = l.ws.Close(websocket.StatusProtocolError, "bad frame")
@@ -340,13 +356,19 @@ func (s *Session) linkLost(l *liveLink, err error) {
 		s.linkMu.Unlock()
 		return
 	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		// The client closed its Conn: the session is over. It ends with
+		// the link still in place, never away for an instant: a Write that
+		// found the session away with its replay buffer full would end it
+		// first, as lost.
+		s.linkMu.Unlock()
+		s.h.log.Debug("link closed by the client", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
+		s.end(ce.Code, ce.Reason, ce)
+		return
+	}
 	s.ws, s.wsDone = nil, nil
 	s.awayLocked()
 	s.linkMu.Unlock()
 	s.h.log.Debug("link lost", slog.String("session", s.idStr), slog.String("transport", "websocket"), slog.Any("err", err))
-	var ce websocket.CloseError
-	if errors.As(err, &ce) {
-		// The client closed its Conn: the session is over.
-		s.end(ce.Code, ce.Reason, ce)
-	}
 }

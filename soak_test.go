@@ -42,10 +42,79 @@ type soakStats struct {
 	switchesToPolling   atomic.Int64
 	switchesToWebSocket atomic.Int64
 	lost                atomic.Int64
+	// gaps counts links replaced because messages were missing from the
+	// middle of their stream, either way; a blackhole that a link lives
+	// through makes such gaps (see faultnet's Blackhole), and nothing else
+	// may. The Handler names the connection, which the proxies know;
+	// blackholeEnd is, for each proxy, when its last blackhole ended (unix
+	// ns), 1 while one is on, for the gaps a Conn sees.
+	gaps         atomic.Int64
+	proxies      atomic.Pointer[[]*faultnet.Proxy] // set once the Handler runs
+	blackholeEnd [soakProxies]atomic.Int64
 
 	mu     sync.Mutex
 	errors []string
 }
+
+// soakProxies is how many faultnet proxies the soak's Conns go through.
+const soakProxies = 4
+
+// handlerGap counts a gap the Handler saw on the connection from remote,
+// and fails the soak unless a blackhole cut into that connection.
+func (s *soakStats) handlerGap(remote string) {
+	s.gaps.Add(1)
+	for _, p := range *s.proxies.Load() {
+		if p.DroppedOn(remote) {
+			return
+		}
+	}
+	s.fail("handler: messages missing from the stream of the connection from %s, which no blackhole cut into", remote)
+}
+
+// connGap counts a gap Conn i saw, through proxy pi, and fails the soak
+// unless a blackhole on that proxy is on or ended in the last 10 s.
+func (s *soakStats) connGap(i, pi int) {
+	s.gaps.Add(1)
+	end := s.blackholeEnd[pi].Load()
+	if end == 1 || (end != 0 && time.Since(time.Unix(0, end)) < 10*time.Second) {
+		return
+	}
+	s.fail("conn %d: messages missing from a link's stream with no blackhole to explain it", i)
+}
+
+// gapLog passes the Handler's log on, and counts the links it replaced for
+// a gap in the client's numbering.
+type gapLog struct {
+	slog.Handler
+	st *soakStats
+}
+
+func (g gapLog) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn || g.Handler.Enabled(ctx, l)
+}
+
+func (g gapLog) Handle(ctx context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, "client's messages lost on the link") {
+		remote := ""
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "remote" {
+				remote = a.Value.String()
+			}
+			return true
+		})
+		g.st.handlerGap(remote)
+	}
+	if !g.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return g.Handler.Handle(ctx, r)
+}
+
+func (g gapLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return gapLog{g.Handler.WithAttrs(as), g.st}
+}
+
+func (g gapLog) WithGroup(name string) slog.Handler { return gapLog{g.Handler.WithGroup(name), g.st} }
 
 func (s *soakStats) fail(format string, args ...any) {
 	s.violations.Add(1)
@@ -132,18 +201,23 @@ func TestSoak(t *testing.T) {
 	}
 	var st soakStats
 	hopts := []tether.HandlerOption{tether.WithHandlerHeartbeat(time.Second, 2*time.Second)}
+	// The faults go in the Handler's log too, so that what it records can be
+	// matched with what the network did.
+	faultLog := slog.New(slog.DiscardHandler)
 	if path := os.Getenv("TETHER_SOAK_LOG"); path != "" {
 		f, err := os.Create(path)
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = f.Close() })
-		hopts = append(hopts, tether.WithHandlerLogger(slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+		faultLog = slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	hopts = append(hopts, tether.WithHandlerLogger(slog.New(gapLog{faultLog.Handler(), &st})))
 	ss := newSessionServer(t, soakServe(&st, every), hopts...)
-	const nproxies = 4
+	const nproxies = soakProxies
 	proxies := make([]*faultnet.Proxy, nproxies)
 	for i := range proxies {
 		proxies[i] = lostProxy(t, ss.Addr())
 	}
+	st.proxies.Store(&proxies)
 
 	jittered := func(d time.Duration) func() backoff.BackOff {
 		return func() backoff.BackOff {
@@ -151,9 +225,10 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	type client struct {
-		c    *tether.Conn
-		sent atomic.Int64
-		got  int64
+		c       *tether.Conn
+		sent    atomic.Int64
+		got     int64
+		stopped chan struct{} // closed when the writer has returned
 	}
 	clients := make([]*client, conns)
 	ctx, cancel := context.WithTimeout(context.Background(), dur+5*time.Minute)
@@ -172,6 +247,9 @@ func TestSoak(t *testing.T) {
 				if errors.Is(sc.Cause, tether.ErrSessionLost) {
 					st.lost.Add(1)
 					st.fail("conn %d: %v", i, sc.Cause)
+				}
+				if sc.To == tether.Reconnecting && sc.Cause != nil && strings.Contains(sc.Cause.Error(), "message missing in sequence") {
+					st.connGap(i, i%nproxies)
 				}
 				if sc.From == tether.Connected && sc.To == tether.Connected {
 					st.switchesToWebSocket.Add(1)
@@ -207,8 +285,10 @@ func TestSoak(t *testing.T) {
 	var traffic sync.WaitGroup
 	for i, cl := range clients {
 		traffic.Add(2)
+		cl.stopped = make(chan struct{})
 		go func() {
 			defer traffic.Done()
+			defer close(cl.stopped)
 			t := time.NewTicker(every/2 + rand.N(every))
 			defer t.Stop()
 			for {
@@ -257,21 +337,26 @@ func TestSoak(t *testing.T) {
 	// then at random.
 	end := time.Now().Add(dur)
 	for step := 0; step < 5 || time.Now().Before(end); step++ {
-		p := proxies[rand.N(nproxies)]
+		pi := rand.N(nproxies)
+		p := proxies[pi]
 		kind := step
 		if step >= 5 {
 			kind = rand.N(5)
 		}
+		faultLog.Info("soak fault", slog.String("fault", [...]string{"reset", "reset", "blackhole", "delay", "refuse WebSocket"}[kind]), slog.Int("proxy", pi))
 		switch kind {
 		case 0, 1:
 			p.Reset()
 			st.resets.Add(1)
 			time.Sleep(300 * time.Millisecond)
 		case 2: // longer than the client's heartbeat timeout
+			st.blackholeEnd[pi].Store(1)
 			p.Blackhole(true)
 			st.blackholes.Add(1)
 			time.Sleep(1500 * time.Millisecond)
 			p.Blackhole(false)
+			st.blackholeEnd[pi].Store(time.Now().UnixNano())
+			faultLog.Info("soak fault over", slog.String("fault", "blackhole"), slog.Int("proxy", pi))
 		case 3:
 			p.SetDelay(20 * time.Millisecond)
 			st.delays.Add(1)
@@ -294,33 +379,50 @@ func TestSoak(t *testing.T) {
 	go func() {
 		defer traffic.Done()
 		for _, cl := range clients {
-			// Its writer has stopped: sent is final.
+			// Once its writer has stopped, sent is final: a Write it had
+			// begun may have been numbered, and reach the server, before
+			// this one.
+			select {
+			case <-cl.stopped:
+			case <-ctx.Done():
+				return
+			}
 			_ = cl.c.Write(ctx, websocket.MessageText, []byte("fin "+strconv.FormatInt(cl.sent.Load(), 10)))
 		}
 	}()
+	// The totals are logged however the soak ends.
+	report := func() {
+		var reconnects, dials uint64
+		polling := 0
+		for _, cl := range clients {
+			if cl.c == nil {
+				continue
+			}
+			s := cl.c.Stats()
+			reconnects += s.Reconnects
+			dials += s.Dials
+			if cl.c.Transport() == tether.Polling {
+				polling++
+			}
+		}
+		t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients; "+
+			"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
+			"%d moves to polling, %d back to WebSocket (%d on polling at the end); "+
+			"%d links replaced for messages missing from their stream (each one a blackhole cut into, or a violation); "+
+			"%d sessions lost; %d violations",
+			conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
+			st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
+			st.switchesToWebSocket.Load(), polling, st.gaps.Load(), st.lost.Load(), st.violations.Load())
+	}
 	for i := range conns {
 		select {
 		case <-finSeen:
 		case <-finDeadline:
+			report()
 			t.Fatalf("only %d of %d Conns finished; violations: %v", i, conns, st.errors)
 		}
 	}
-	var reconnects, dials uint64
-	polling := 0
-	for _, cl := range clients {
-		s := cl.c.Stats()
-		reconnects += s.Reconnects
-		dials += s.Dials
-		if cl.c.Transport() == tether.Polling {
-			polling++
-		}
-	}
-	t.Logf("soak: %d Conns for %v: %d messages to the server, %d to the clients, exactly once; "+
-		"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
-		"%d moves to polling, %d back to WebSocket (%d on polling at the end); %d sessions lost; %d violations",
-		conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
-		st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
-		st.switchesToWebSocket.Load(), polling, st.lost.Load(), st.violations.Load())
+	report()
 	require.Zero(t, st.violations.Load(), "%v", st.errors)
 	require.Zero(t, st.lost.Load())
 	require.Positive(t, st.toServer.Load())

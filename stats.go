@@ -30,7 +30,9 @@ type Stats struct {
 	BytesSent, BytesReceived       uint64
 
 	// QueueDepth and QueueBytes describe the send queue now; QueueDropped
-	// counts messages dropped by QueueDropOldest or WithQueueMaxAge.
+	// counts messages dropped by QueueDropOldest or WithQueueMaxAge, or
+	// because the server of a session told, after they were queued, a read
+	// limit they are over.
 	QueueDepth, QueueBytes int
 	QueueDropped           uint64
 

@@ -3,6 +3,7 @@ package tether
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/coder/websocket"
@@ -28,6 +29,12 @@ import (
 // send that follows is not cut short by ctx, and once numbered a message is
 // delivered exactly once while the session lives.
 //
+// In session mode a message the server could never take is refused before
+// it is numbered, without harm to the link: one over the read limit the
+// server told (a tether Handler tells it on every link), with an error
+// wrapping ErrMessageTooLarge, and a text message that is not valid UTF-8,
+// with ErrInvalidUTF8.
+//
 // A Write that fails on a dying link is queued for the next one. After the
 // Conn is closed, Write fails.
 func (c *Conn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
@@ -46,6 +53,11 @@ func (c *Conn) write(ctx context.Context, typ websocket.MessageType, p []byte) e
 		case <-done:
 			return fmt.Errorf("tether: write: %w", ctx.Err())
 		default:
+		}
+	}
+	if pl := c.server.Load(); pl != nil {
+		if err := checkNumbered(typ, p, pl.messageLimit(), "server"); err != nil {
+			return err
 		}
 	}
 	if l := c.live.Load(); l != nil {
@@ -101,7 +113,7 @@ func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byt
 		q.dropExpired(c.opts.queueMaxAge, time.Now())
 		if q.max > 0 && len(p) > q.max {
 			c.mu.Unlock()
-			return fmt.Errorf("tether: write of %d bytes: %w (%d bytes)", len(p), ErrMessageTooLarge, q.max)
+			return fmt.Errorf("tether: write of %d bytes: %w: the send queue holds %d bytes", len(p), ErrMessageTooLarge, q.max)
 		}
 		if q.fits(len(p)) || (c.opts.queuePolicy == QueueDropOldest && q.max > 0) {
 			for !q.fits(len(p)) {
@@ -220,6 +232,17 @@ func (c *Conn) flush(l *liveLink) error {
 			return nil
 		}
 		c.mu.Unlock()
+		if sl, ok := l.link.(*sessionLink); ok {
+			if err := checkNumbered(m.typ, m.p, sl.limits.messageLimit(), "server"); err != nil {
+				// Queued before this server told a smaller limit: sent, it
+				// would be refused on every link.
+				c.mu.Lock()
+				c.queue.dropped++
+				c.mu.Unlock()
+				c.logf(slog.LevelWarn, "queued message dropped: the server would refuse it", l.transport, 0, slog.Any("err", err))
+				continue
+			}
+		}
 		// l.ctx ends when the link is retired or the Conn closed: a session
 		// link may wait here for acknowledgements.
 		if err := l.write(l.ctx, m.typ, m.p); err != nil {

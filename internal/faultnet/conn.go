@@ -21,6 +21,8 @@ type conn struct {
 	mu     sync.Mutex
 	server *net.TCPConn
 	closed bool
+
+	upAddr string // the target-side socket's local address, once dialled
 }
 
 // chunk is data read from one side, or the error that ended reading.
@@ -49,6 +51,7 @@ func (c *conn) run(target string) {
 	}
 	c.server = server
 	c.mu.Unlock()
+	c.upAddr = server.LocalAddr().String()
 
 	var wg sync.WaitGroup
 	up := make(chan chunk, 8)
@@ -68,7 +71,7 @@ func (c *conn) read(src *net.TCPConn, ch chan<- chunk) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			if c.p.blackhole.Load() {
-				c.p.dropped.Add(int64(n))
+				c.p.drop(c, n)
 			} else if !c.send(ch, chunk{
 				data: append([]byte(nil), buf[:n]...),
 				at:   time.Now().Add(time.Duration(c.p.delay.Load())),
@@ -122,7 +125,7 @@ func (c *conn) write(dst *net.TCPConn, ch <-chan chunk, limit int64) {
 			}
 		}
 		if c.p.blackhole.Load() {
-			c.p.dropped.Add(int64(len(ck.data)))
+			c.p.drop(c, len(ck.data))
 			continue
 		}
 		data, cut := ck.data, false

@@ -25,8 +25,31 @@ func (p *Proxy) Reset() {
 // new connection stays open, but all bytes in both directions are read and
 // discarded; new connections are still accepted and dialled. Bytes read
 // after Blackhole(false) are forwarded again. Connection closes (FIN and RST)
-// are still propagated.
+// are still propagated. A connection that lives through a blackhole has
+// lost bytes from the middle of its stream, which TCP alone never does: it
+// stands for a middlebox that drops data and carries on.
 func (p *Proxy) Blackhole(on bool) { p.blackhole.Store(on) }
+
+// Dropped reports how many bytes Blackhole has discarded since Listen. A
+// test waits on it to know that what it wrote is gone.
+func (p *Proxy) Dropped() int64 { return p.dropped.Load() }
+
+// DroppedOn reports whether Blackhole has discarded bytes of the connection
+// whose target side comes from addr (the remote address the target sees),
+// in either direction: such a connection lost bytes from the middle of its
+// stream. Connections are remembered for the proxy's life.
+func (p *Proxy) DroppedOn(addr string) bool {
+	_, ok := p.holed.Load(addr)
+	return ok
+}
+
+// drop counts n bytes of c discarded by Blackhole.
+func (p *Proxy) drop(c *conn, n int) {
+	p.dropped.Add(int64(n))
+	if c.upAddr != "" {
+		p.holed.Store(c.upAddr, struct{}{})
+	}
+}
 
 // Refuse turns refusal of new connections on or off. When on, the listening
 // socket is closed so that connecting to Addr fails with ECONNREFUSED;

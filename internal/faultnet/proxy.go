@@ -36,6 +36,7 @@ type Proxy struct {
 	blackhole atomic.Bool
 	delay     atomic.Int64 // time.Duration
 	dropped   atomic.Int64 // bytes discarded by Blackhole, for tests
+	holed     sync.Map     // target-side local addresses of connections Blackhole cut into
 }
 
 // Listen returns a Proxy listening on an ephemeral port of 127.0.0.1 that

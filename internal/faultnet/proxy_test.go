@@ -223,6 +223,7 @@ func TestBlackhole(t *testing.T) {
 	_, err := c.Write([]byte("up"))
 	require.NoError(t, err)
 	expect(t, s, "up")
+	require.False(t, p.DroppedOn(s.RemoteAddr().String()))
 
 	p.Blackhole(true)
 	_, err = c.Write([]byte("lost"))
@@ -240,6 +241,7 @@ func TestBlackhole(t *testing.T) {
 	}
 	requireTimeout(t, c)
 	requireTimeout(t, s)
+	require.True(t, p.DroppedOn(s.RemoteAddr().String()), "the connection that lost bytes is known by its address")
 
 	// New connections are accepted and dialled while blackholed.
 	c2 := dial(t, p.Addr())

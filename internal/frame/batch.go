@@ -11,6 +11,16 @@ import (
 // given size can honestly claim.
 const minEntry = 1 + 2
 
+// BatchHeaderMax is the most a batch takes beyond its entries: its count.
+const BatchHeaderMax = binary.MaxVarintLen64
+
+// EntrySize returns how many bytes f takes in a batch, its length included,
+// so that a sender can fill a batch up to a bound without encoding it.
+func EntrySize(f *Frame) int {
+	s := size(f)
+	return uvarintLen(uint64(s)) + s
+}
+
 // AppendBatch appends a batch holding fs to dst and returns the extended
 // slice. Like Append it grows dst at most once and panics on an unknown Kind.
 func AppendBatch(dst []byte, fs []Frame) []byte {

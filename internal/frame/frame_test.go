@@ -352,6 +352,22 @@ func TestBatchRoundTrip(t *testing.T) {
 	require.Empty(t, got)
 }
 
+// EntrySize is what each frame adds to a batch, so that a sender can keep a
+// batch within a bound without encoding it.
+func TestEntrySize(t *testing.T) {
+	t.Parallel()
+	var fs []Frame
+	sum := 0
+	for _, f := range validFrames() {
+		require.Equal(t, len(AppendBatch(nil, []Frame{f}))-1, EntrySize(&f), "%v", f.Kind)
+		fs = append(fs, f)
+		sum += EntrySize(&f)
+	}
+	b := AppendBatch(nil, fs)
+	require.Equal(t, 1+sum, len(b))
+	require.LessOrEqual(t, len(b), BatchHeaderMax+sum)
+}
+
 func TestDecodeBatchErrors(t *testing.T) {
 	t.Parallel()
 	ack := "02 0301" // one entry: length 2, Ack 1
