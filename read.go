@@ -384,7 +384,7 @@ func (r *reader) await(ctx context.Context, thenDirect, stream bool) (message, b
 			r.opened, r.openLink = false, nil
 		} else {
 			r.pending = append([]message{m}, r.pending...)
-			r.pendingBytes += len(m.p)
+			r.pendingBytes += msgCost(m.p)
 		}
 		return message{err: fmt.Errorf("tether: read: %w", ctx.Err())}, true
 	}
@@ -626,7 +626,7 @@ func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
 		}
 	default:
 		r.pending = append(r.pending, m)
-		r.pendingBytes += len(m.p)
+		r.pendingBytes += msgCost(m.p)
 	}
 	r.mu.Unlock()
 	return true

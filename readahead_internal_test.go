@@ -94,6 +94,9 @@ func TestPlainReadAheadBounded(t *testing.T) {
 				require.NoError(t, err, "message %d", i)
 				require.Equal(t, msg(i), p, "message %d", i)
 			}
+			msgs, bytes, _ = c.rd.unread()
+			require.Zero(t, msgs)
+			require.Zero(t, bytes, "the bytes counted unread when every message was read")
 		})
 	}
 }
