@@ -1,8 +1,9 @@
 // Package tether is a drop-in, resilient WebSocket client built on
 // github.com/coder/websocket.
 //
-// [Dial] returns a [*Conn] with the same Read, Write, Ping, Close and CloseNow
-// methods as a *websocket.Conn. Underneath, a heartbeat finds dead links, and a
+// [Dial] returns a [*Conn] with every method of a *websocket.Conn: Read, Write,
+// Reader, Writer, Ping, Close, CloseNow, CloseRead, SetReadLimit and
+// Subprotocol; [NetConn] stands for websocket.NetConn. Underneath, a heartbeat finds dead links, and a
 // reconnect loop with backoff restores them, so a Read rides through network
 // resets and server restarts and fails only when the Conn is closed for good.
 // [NewHandler] is the matching server side: with it, messages survive drops
