@@ -23,7 +23,7 @@
 // code) is replaced by a new dial after a backoff delay (see [WithBackoff]);
 // the delays grow while links keep failing soon after they come up. Handshakes
 // answered 401, 403, 404 or 400 (see [WithFallback] for proxies), and policy,
-// protocol and 4000-4999 close codes, are permanent: the Conn closes and Read
+// protocol, 3000, 3003 and 4000-4999 close codes, are permanent: the Conn closes and Read
 // returns the cause. [WithOnConnect] runs after every connect, before anything
 // queued goes out.
 //
