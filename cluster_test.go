@@ -618,3 +618,55 @@ func TestClusterHandoffTooLarge(t *testing.T) {
 	require.ErrorIs(t, sc.Cause, tether.ErrSessionLost)
 	_ = c
 }
+
+// A session id is no secret (polling carries it in the URL): a resume of a
+// parked session that cannot show the session's secret neither takes the
+// session nor runs serve for it under its own request. It gets a session
+// of its own, and the client with the secret resumes the parked one.
+func TestClusterHandoffNeedsTheSecret(t *testing.T) {
+	t.Parallel()
+	store := clustertest.NewStore(testLease)
+	lg := newLedger()
+	a := newNode(t, "a", store, lg.echo)
+	b := newNode(t, "b", store, lg.echo)
+	p := lostProxy(t, a.addr())
+	ev := newEvents()
+	tk := &talker{c: dial(t, "ws://"+p.Addr()+"/ws", ev.option())}
+	tk.exchange(t, 5, 5*time.Second)
+	id, _, _ := lg.onlySession(t)
+
+	// The client cannot reconnect while the stranger tries.
+	require.NoError(t, p.Refuse(true))
+	p.SetTarget(b.addr())
+	ctx := ctxT(t, 10*time.Second)
+	require.NoError(t, a.h.Shutdown(ctx))
+	require.Equal(t, uint64(1), a.h.Stats().HandedOver)
+
+	h := http.Header{}
+	h.Set("Tether-Session", id)
+	h.Set("Tether-Secret", strings.Repeat("ab", 16))
+	h.Set("Tether-Ack", "0")
+	ws, _, err := websocket.Dial(ctx, "ws://"+b.addr()+"/ws", &websocket.DialOptions{
+		Subprotocols: []string{tether.Subprotocol}, HTTPHeader: h,
+	})
+	require.NoError(t, err)
+	_, hello, err := ws.Read(ctx)
+	require.NoError(t, err)
+	f, err := frame.Decode(hello)
+	require.NoError(t, err)
+	require.Equal(t, frame.Hello, f.Kind)
+	require.NotEqual(t, id, hex.EncodeToString(f.Session[:]), "the stranger got the parked session")
+	_ = ws.Close(websocket.StatusNormalClosure, "")
+	require.Zero(t, b.h.Stats().TakenOver, "b took the parked session for a resume without its secret")
+
+	require.NoError(t, p.Refuse(false))
+	tk.exchange(t, 5, 10*time.Second)
+	lg.mu.Lock()
+	starts, handed := lg.starts[id], lg.handed[id]
+	lg.mu.Unlock()
+	require.Equal(t, 2, starts, "serve ran on a, then on b")
+	require.Equal(t, 1, handed)
+	wantMessages(t, lg.messages(id), 10)
+	require.Equal(t, uint64(1), b.h.Stats().TakenOver)
+	noLostSession(t, ev)
+}

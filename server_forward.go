@@ -2,6 +2,7 @@ package tether
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"net"
@@ -150,6 +151,16 @@ func (h *Handler) takeOver(w http.ResponseWriter, r *http.Request, rr resumeReq,
 		cl.mu.Lock()
 		cl.queueLocked(release{lease: lease})
 		cl.mu.Unlock()
+		return false
+	}
+	if subtle.ConstantTimeCompare(ps.secret[:], rr.secret[:]) != 1 {
+		// The id is no secret (polling carries it in the URL): a resume
+		// that cannot show the session's secret must not take it, nor
+		// run serve under the caller's request. Put it back, and answer
+		// as for a session unknown here.
+		if perr := cl.c.Park(ctx, lease, state, h.opts.sessionTTL); perr != nil {
+			h.log.Warn("cluster: could not give back a session a resume without its secret took", slog.Any("err", perr))
+		}
 		return false
 	}
 	if err := h.adopt(r, ps, lease); err != nil {
