@@ -43,9 +43,20 @@ func (l *peerLimits) messageLimit() int64 {
 	return l.message
 }
 
+// pollSendSlack is what a polling send carries beside one message: its
+// frame header, the batch header, an ack.
+const pollSendSlack = 512
+
+// messageLimit is the largest message the Handler tells its clients it
+// takes: its read limit, and no more than a polling send carries alone,
+// since a numbered message may be replayed over either transport.
+func (o *handlerOptions) messageLimit() int64 {
+	return max(min(o.readLimit, o.maxBody-pollSendSlack), 1)
+}
+
 // limitsHeader is the Handler's Tether-Limits value.
 func (o *handlerOptions) limitsHeader() string {
-	return "message=" + strconv.FormatInt(o.readLimit, 10) +
+	return "message=" + strconv.FormatInt(o.messageLimit(), 10) +
 		", body=" + strconv.FormatInt(o.maxBody, 10) +
 		", batch=" + strconv.Itoa(o.maxBatch)
 }
@@ -67,7 +78,9 @@ func parseLimits(h http.Header) peerLimits {
 		case "message":
 			l.message = n
 		case "body":
-			l.body = n
+			// Beyond what a window holds, a body limit means nothing, and
+			// the client sizes its answers' bound on it.
+			l.body = min(n, maxReplayBytes)
 		case "batch":
 			l.batch = int(min(n, maxWindowMsgs))
 		}

@@ -435,3 +435,22 @@ func TestQueuedOverNewServerLimitDropped(t *testing.T) {
 	err = c.Write(ctx, websocket.MessageBinary, sized(4, 20_000))
 	require.ErrorIs(t, err, tether.ErrMessageTooLarge, "the new server's limit holds at Write")
 }
+
+// A session's message may be replayed over long polling: the limit a
+// Handler tells is no more than a polling send carries, whatever its read
+// limit, so a message numbered over WebSocket never meets a 413 after a
+// fallback.
+func TestToldLimitFitsAPollingSend(t *testing.T) {
+	t.Parallel()
+	col := newCollect()
+	ls := newLimitServer(t, col.serve, tether.WithHandlerReadLimit(2<<20), tether.WithPollLimits(64<<10, 0, 0))
+	ls.set(false, false)
+	c := dial(t, ls.URL(), tether.WithFallback(""))
+	require.Equal(t, tether.WebSocket, c.Transport())
+	ctx := ctxT(t, 10*time.Second)
+
+	err := c.Write(ctx, websocket.MessageBinary, sized(1, 100<<10))
+	require.ErrorIs(t, err, tether.ErrMessageTooLarge)
+	require.NoError(t, c.Write(ctx, websocket.MessageBinary, sized(2, 60<<10)))
+	col.expect(t, ctx, sized(2, 60<<10))
+}

@@ -198,7 +198,9 @@ func WithPollLimits(maxBody int64, maxBatch int, wait time.Duration) HandlerOpti
 // client. The default is 32 KiB, as in coder/websocket. The Handler tells it
 // to its clients, with WithPollLimits' bounds, in the Tether-Limits header
 // of its answers: a tether Conn in session mode refuses a larger message at
-// Write, and keeps its polling sends within the bounds.
+// Write, and keeps its polling sends within the bounds. Since a session's
+// message may be replayed over long polling, the limit told is at most
+// WithPollLimits' body bound less 512 bytes.
 func WithHandlerReadLimit(n int64) HandlerOption {
 	return func(o *handlerOptions) {
 		if n > 0 {
