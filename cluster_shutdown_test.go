@@ -1,14 +1,20 @@
 package tether_test
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tetherws/tether"
 
 	"github.com/tetherws/tether/clustertest"
 )
@@ -83,4 +89,49 @@ func TestClusterShutdownWhileForwarding(t *testing.T) {
 	}
 	require.Equal(t, 1, a.h.Sessions(), "the owner's session lives on")
 	tk.exchange(t, 1, 5*time.Second)
+}
+
+// A serve blocked in Write on a client that stopped reading (a Handler
+// heartbeat with no timeout sets no write deadline) does not hold Shutdown
+// past its ctx: once ctx ends, the stuck link is cut, and the session is
+// handed over or given up.
+func TestShutdownStuckWriteBoundedByCtx(t *testing.T) {
+	t.Parallel()
+	store := clustertest.NewStore(testLease)
+	var writes atomic.Int64
+	chunk := make([]byte, 64<<10)
+	a := newNode(t, "a", store, func(ctx context.Context, s *tether.Session) {
+		for s.Write(ctx, websocket.MessageBinary, chunk) == nil {
+			writes.Add(1)
+		}
+	}, tether.WithHandlerHeartbeat(time.Hour, 0), tether.WithReplayBuffer(48<<20))
+	ctx := ctxT(t, 20*time.Second)
+	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(a.url, "http"), &websocket.DialOptions{Subprotocols: []string{tether.Subprotocol}})
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	// The client reads nothing: the socket buffers fill, and a Write
+	// blocks on the link.
+	last, still := int64(-1), 0
+	for still < 3 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("serve's writes never stalled")
+		case <-time.After(200 * time.Millisecond):
+		}
+		if n := writes.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.h.Shutdown(sctx) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return within 10 s of a 1 s ctx")
+	}
 }

@@ -291,7 +291,19 @@ func (h *Handler) handOver(ctx context.Context) error {
 // park hands one session over, and reports whether it could.
 func (h *Handler) park(ctx context.Context, s *Session) bool {
 	cl := h.cl
+	// A Write stuck on a client that stopped reading holds wmu for as long
+	// as the link lasts (with no heartbeat timeout, no write deadline ends
+	// it): once ctx ends, the link is cut, and the Write returns.
+	stop := context.AfterFunc(ctx, func() {
+		s.linkMu.Lock()
+		l := s.ws
+		s.linkMu.Unlock()
+		if l != nil {
+			_ = l.CloseNow()
+		}
+	})
 	s.seq.wmu.Lock()
+	stop()
 	if s.isEnded() {
 		s.seq.wmu.Unlock()
 		return true
