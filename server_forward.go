@@ -422,11 +422,17 @@ func (c *routeCache) put(id [16]byte, rt route, now time.Time, ttl time.Duration
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[id]; !ok && len(c.m) >= maxRoutes {
-		// Full: a quarter goes, in the map's random order.
-		for k := range c.m {
-			delete(c.m, k)
-			if len(c.m) < maxRoutes*3/4 {
-				break
+		// Full: a quarter goes, answers that a session is gone first (a
+		// flood of made-up ids makes those), then owners' URLs in the
+		// map's random order.
+		for _, gone := range []bool{true, false} {
+			for k, r := range c.m {
+				if len(c.m) < maxRoutes*3/4 {
+					break
+				}
+				if r.gone == gone {
+					delete(c.m, k)
+				}
 			}
 		}
 	}
