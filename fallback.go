@@ -169,6 +169,17 @@ type pollTransport struct {
 // openPoll opens or resumes the Conn's session over long polling and
 // returns the transport with the server's Hello.
 func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error) {
+	// Opening is the polling handshake, bounded as a WebSocket one is: an
+	// open that hangs (a connect stuck behind a full listen queue, an
+	// answer that never comes) is one failed attempt, not a Conn kept away
+	// from its session for as long as the network likes.
+	var timeout context.Context
+	if d := c.opts.handshakeTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+		timeout = ctx
+	}
 	u := *c.pollURL
 	q := u.Query()
 	q.Set(pollParam, pollOpen)
@@ -182,6 +193,9 @@ func (c *Conn) openPoll(ctx context.Context) (*pollTransport, frame.Frame, error
 	}
 	hc := c.pollHTTPClient()
 	fs, hdr, err := doPollHeader(hc, req, 1, DefaultMaxBody)
+	if err != nil && timeout != nil && errors.Is(timeout.Err(), context.DeadlineExceeded) {
+		return nil, frame.Frame{}, fmt.Errorf("tether: polling open: %w after %v: %w", errHandshakeTimeout, c.opts.handshakeTimeout, err)
+	}
 	var ps *pollStatusError
 	if errors.As(err, &ps) {
 		// Opening is the polling handshake: its status is classified like a

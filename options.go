@@ -171,7 +171,8 @@ func WithRetryPolicy(fn func(err error, retry bool) bool) Option {
 	return func(o *options) { o.retryHook = fn }
 }
 
-// WithHandshakeTimeout bounds each WebSocket handshake; a handshake that hangs
+// WithHandshakeTimeout bounds each WebSocket handshake, and each request that
+// opens or resumes a session over long polling; a handshake that hangs
 // longer is one failed attempt. The default is 15 s; 0 means no bound beyond
 // the Dial ctx.
 func WithHandshakeTimeout(d time.Duration) Option {

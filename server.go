@@ -207,7 +207,8 @@ func decodeID(s string, dst *[16]byte) error {
 // new one for the request r, if the Handler's limits allow; status says
 // which. With reader set, the Handler counts one more goroutine (the link's
 // reader) that the caller must mark done. A resume whose ack is beyond what
-// the session sent is refused (errBadAck), leaving the session as it was.
+// the session sent is refused (errBadAck), leaving the session as it was;
+// a resume taken applies its ack at once.
 func (h *Handler) openSession(r *http.Request, rr resumeReq, t Transport, reader bool) (*Session, frame.Status, error) {
 	key := h.clientKey(r) // user code: called before h.mu is taken
 	h.mu.Lock()
@@ -220,11 +221,19 @@ func (h *Handler) openSession(r *http.Request, rr resumeReq, t Transport, reader
 		s := h.sessions[rr.id]
 		if s != nil && !s.plain && subtle.ConstantTimeCompare(s.secret[:], rr.secret[:]) == 1 && !s.isEnded() {
 			s.seq.mu.Lock()
-			sent := s.seq.nextSeq
-			s.seq.mu.Unlock()
-			if rr.ack > sent {
+			if rr.ack > s.seq.nextSeq {
+				s.seq.mu.Unlock()
 				return nil, 0, errBadAck
 			}
+			// The client has read what it acknowledges: that is freed now,
+			// not once the new link is in place. Taking the old link out
+			// and greeting the new one can take a while, and meanwhile the
+			// session is away: a Write that found the replay buffer still
+			// full of what the client has read would end the session as
+			// lost, with the client at the door. The ack holds even if the
+			// client abandons this handshake: it read those messages.
+			s.seq.acked(rr.ack)
+			s.seq.mu.Unlock()
 			if reader {
 				h.wg.Add(1)
 			}

@@ -294,10 +294,7 @@ func (h *Handler) pollOpen(w http.ResponseWriter, r *http.Request, resume resume
 	s.detach()
 	p := newPollLink(s)
 	s.seq.mu.Lock()
-	if status == frame.StatusResumed {
-		s.seq.acked(resume.ack)
-	}
-	hello := s.hello(status)
+	hello := s.hello(status) // openSession applied the resume's ack
 	s.linkMu.Lock()
 	ended := s.ended
 	if !ended {
