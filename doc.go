@@ -60,10 +60,10 @@
 // the peer's read limit ([ErrMessageTooLarge]), or text that is not valid
 // UTF-8 ([ErrInvalidUTF8]).
 //
-// When a session cannot be resumed (expired, unknown to the server, replay
-// buffer overflowed), Read returns an error wrapping [ErrSessionLost] once,
-// the state hook's next Connected transition carries it as Cause, and the
-// Conn goes on with a new session.
+// When a session cannot be resumed (expired, or unknown to the server), Read
+// returns an error wrapping [ErrSessionLost] once, the state hook's next
+// Connected transition carries it as Cause, and the Conn goes on with a new
+// session.
 //
 // # Fallback
 //

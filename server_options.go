@@ -163,9 +163,10 @@ func WithBufferBudget(bytes int64) HandlerOption {
 // may send unacknowledged and what each side reads ahead of a slow
 // application (a session's window is told to its client, which keeps to
 // it). Every message counts 128 bytes beyond the buffer that holds it, and
-// a window holds at most 4096 messages. While the client is connected a
-// Write that does not fit waits for acknowledgements; while it is away, a
-// Write that does not fit ends the session with ErrSessionLost. The default
+// a window holds at most 4096 messages. A Write that does not fit waits
+// for acknowledgements, within its ctx: while the client is away, until it
+// resumes, or until the session expires (WithSessionTTL) and Write fails
+// with ErrSessionLost. The default
 // is 4 MiB; 0 keeps the default; at most 64 MiB. WithBufferBudget may
 // grant a session less.
 func WithReplayBuffer(bytes int) HandlerOption {

@@ -179,8 +179,9 @@ func (s *Session) Read(ctx context.Context) (websocket.MessageType, []byte, erro
 }
 
 // Write sends a message to the client. While the client is away it is kept
-// for replay; while the client is connected but slow to acknowledge, Write
-// waits for room in the replay buffer or for ctx to end. A text message
+// for replay. When the replay buffer is full (a client slow to acknowledge,
+// or away), Write waits for room or for ctx to end; a client that stays
+// away past the session's TTL makes it fail with ErrSessionLost. A text message
 // must be valid UTF-8 (else the error wraps ErrInvalidUTF8). In session
 // mode a message over the read limit the client told on its last handshake
 // (a tether Conn tells its WithReadLimit) is refused before it is numbered,
@@ -219,11 +220,12 @@ func (s *Session) Write(ctx context.Context, typ websocket.MessageType, p []byte
 		room := s.seq.roomChan()
 		s.seq.mu.Unlock()
 		s.seq.wmu.Unlock()
-		if !s.hasLink() {
-			err := fmt.Errorf("tether: session %s: replay buffer full while the client is away: %w", s.idStr, ErrSessionLost)
-			s.end(websocket.StatusPolicyViolation, "replay buffer overflow", err)
-			return err
-		}
+		// Connected or away, a Write that does not fit waits for the
+		// client's acknowledgements: a client away comes back with them
+		// (a resume carries its ack), or the session expires with its
+		// TTL and Write says it was lost. Ending the session at once
+		// would lose it to any link that drops while the buffer is full,
+		// a moment a loaded client often has.
 		if err := waitRoom(ctx, room, s.ctx.Done()); err != nil {
 			if errors.Is(err, errSessionDone) || s.ctx.Err() != nil {
 				return s.endError()

@@ -3,6 +3,7 @@ package tether_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -111,45 +112,51 @@ func TestSessionLostOnExpiry(t *testing.T) {
 	require.Equal(t, tether.Connected, c.State())
 }
 
-// A session whose replay buffer overflows while its client is away ends:
-// the server's Write fails with ErrSessionLost, and so does the client's
-// Read when it comes back.
-func TestSessionLostOnOverflow(t *testing.T) {
+// A session whose replay buffer fills while its client is away is not
+// lost for it: the server's Write waits, within its ctx, and when the client
+// comes back with its acknowledgements every message arrives, once and in
+// order.
+func TestSessionWriteWaitsWhileAway(t *testing.T) {
 	t.Parallel()
-	writeErr := make(chan error, 1)
+	const n = 40 // of 100 bytes each: far more than a 1 KiB window holds
 	away := make(chan struct{})
-	var sessions atomic.Int32
+	blocked := make(chan struct{})
+	wrote := make(chan error, 1)
 	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
-		if sessions.Add(1) > 1 {
-			sessionEcho(ctx, s)
-			return
-		}
 		typ, p, err := s.Read(ctx)
 		if err != nil || s.Write(ctx, typ, p) != nil {
-			writeErr <- errors.New("first session ended early")
+			wrote <- errors.New("the session ended early")
 			return
 		}
 		select {
 		case <-away:
 		case <-ctx.Done():
-			writeErr <- errors.New("first session ended early")
+			wrote <- errors.New("the session ended early")
 			return
 		}
-		msg := make([]byte, 100)
-		for {
-			// A Write may wait for room until the server notices that
-			// the link is gone: bound each one and try again.
-			wctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			err := s.Write(wctx, websocket.MessageBinary, msg)
-			cancel()
-			if errors.Is(err, context.DeadlineExceeded) {
-				continue
-			}
-			if err != nil {
-				writeErr <- err
-				return
+		once := false
+		for i := range n {
+			msg := fmt.Appendf(make([]byte, 0, 100), "%0100d", i)
+			for {
+				wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				err := s.Write(wctx, websocket.MessageBinary, msg)
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) {
+					if !once {
+						once = true
+						close(blocked)
+					}
+					continue
+				}
+				if err != nil {
+					wrote <- err
+					return
+				}
+				break
 			}
 		}
+		wrote <- nil
+		<-ctx.Done()
 	}, tether.WithReplayBuffer(1024))
 	p := lostProxy(t, ss.Addr())
 	ev := newEvents()
@@ -160,7 +167,59 @@ func TestSessionLostOnOverflow(t *testing.T) {
 	lostCutOff(t, p)
 	ev.next(t, tether.Reconnecting, 5*time.Second)
 	close(away)
-	err := lostRecv(t, writeErr, 10*time.Second, "the server's Write to fail")
+	select {
+	case <-blocked:
+	case err := <-wrote:
+		t.Fatalf("serve's Write did not wait while the client was away: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve's Write never waited")
+	}
+	require.Equal(t, 1, ss.h.Sessions(), "the session is kept while its client is away")
+
+	require.NoError(t, p.Refuse(false))
+	ctx := ctxT(t, 10*time.Second)
+	for i := range n {
+		_, got, err := c.Read(ctx)
+		require.NoError(t, err, "message %d", i)
+		require.Equal(t, fmt.Sprintf("%0100d", i), string(got), "message %d", i)
+	}
+	require.NoError(t, lostRecv(t, wrote, 10*time.Second, "serve's Writes"))
+	for _, e := range ev.list() {
+		require.NotErrorIs(t, e.Cause, tether.ErrSessionLost)
+	}
+}
+
+// A client that stays away past the session's TTL loses it: a server's
+// Write waiting for room then fails with ErrSessionLost.
+func TestSessionWriteWaitingEndsWithTTL(t *testing.T) {
+	t.Parallel()
+	away := make(chan struct{})
+	wrote := make(chan error, 1)
+	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
+		typ, p, err := s.Read(ctx)
+		if err != nil || s.Write(ctx, typ, p) != nil {
+			wrote <- errors.New("the session ended early")
+			return
+		}
+		<-away
+		msg := make([]byte, 100)
+		for {
+			if err := s.Write(context.Background(), websocket.MessageBinary, msg); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}, tether.WithReplayBuffer(1024), tether.WithSessionTTL(300*time.Millisecond))
+	p := lostProxy(t, ss.Addr())
+	ev := newEvents()
+	c := dial(t, "ws://"+p.Addr(), ev.option())
+	ev.next(t, tether.Connected, time.Second)
+	lostEcho(t, c, "before")
+
+	lostCutOff(t, p)
+	ev.next(t, tether.Reconnecting, 5*time.Second)
+	close(away)
+	err := lostRecv(t, wrote, 10*time.Second, "the server's Write to fail")
 	require.ErrorIs(t, err, tether.ErrSessionLost)
 	eventually(t, 5*time.Second, func() bool { return ss.h.Sessions() == 0 }, "the session ended")
 
@@ -168,15 +227,6 @@ func TestSessionLostOnOverflow(t *testing.T) {
 	ctx := ctxT(t, 10*time.Second)
 	_, _, err = c.Read(ctx)
 	require.ErrorIs(t, err, tether.ErrSessionLost, "Read reports the lost session")
-	// Read may learn it a moment before the hook hears of the new link.
-	eventually(t, 5*time.Second, func() bool {
-		for _, e := range ev.list() {
-			if e.To == tether.Connected && errors.Is(e.Cause, tether.ErrSessionLost) {
-				return true
-			}
-		}
-		return false
-	}, "the state hook reports the lost session")
 	lostEcho(t, c, "after")
 }
 
