@@ -42,6 +42,11 @@ type soakStats struct {
 	switchesToPolling   atomic.Int64
 	switchesToWebSocket atomic.Int64
 	lost                atomic.Int64
+	// abandoned counts sessions that ended lost without a message from
+	// their client: opened by a handshake the client had given up on (a
+	// loaded machine answers some seconds late), they were never its
+	// session. A client's own session lost is seen by the client too.
+	abandoned atomic.Int64
 	// gaps counts links replaced because messages were missing from the
 	// middle of their stream, either way; a blackhole that a link lives
 	// through makes such gaps (see faultnet's Blackhole), and nothing else
@@ -159,7 +164,10 @@ func soakServe(st *soakStats, every time.Duration) func(ctx context.Context, s *
 			_, p, err := s.Read(ctx)
 			if err != nil {
 				close(stop)
-				if errors.Is(err, tether.ErrSessionLost) {
+				switch {
+				case errors.Is(err, tether.ErrSessionLost) && got == 0:
+					st.abandoned.Add(1)
+				case errors.Is(err, tether.ErrSessionLost):
 					st.lost.Add(1)
 					st.fail("session %s lost: %v", s.ID(), err)
 				}
@@ -409,10 +417,10 @@ func TestSoak(t *testing.T) {
 			"faults: %d resets, %d blackholes, %d delays, %d WebSocket refusals; %d reconnects, %d dials, "+
 			"%d moves to polling, %d back to WebSocket (%d on polling at the end); "+
 			"%d links replaced for messages missing from their stream (each one a blackhole cut into, or a violation); "+
-			"%d sessions lost; %d violations",
+			"%d sessions lost; %d violations; %d sessions opened by handshakes their clients had given up on, expired unused",
 			conns, dur, st.toServer.Load(), st.toClient.Load(), st.resets.Load(), st.blackholes.Load(),
 			st.delays.Load(), st.blocks.Load(), reconnects, dials, st.switchesToPolling.Load(),
-			st.switchesToWebSocket.Load(), polling, st.gaps.Load(), st.lost.Load(), st.violations.Load())
+			st.switchesToWebSocket.Load(), polling, st.gaps.Load(), st.lost.Load(), st.violations.Load(), st.abandoned.Load())
 	}
 	for i := range conns {
 		select {
