@@ -9,13 +9,15 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
 
 // NetConn returns a net.Conn that carries a byte stream over c, as
-// websocket.NetConn does over a *websocket.Conn: every Write sends one
-// message of type typ, and Read reads the bytes of the messages that come,
+// websocket.NetConn does over a *websocket.Conn: every Write sends a
+// message of type typ (in session mode, perhaps several; see below), and
+// Read reads the bytes of the messages that come,
 // one after another. It is for running another protocol (HTTP/2, gRPC, SSH,
 // your own) over a WebSocket. NetConn sets c's read limit to none (-1), and
 // the net.Conn owns c: its Close closes c with StatusNormalClosure. ctx
@@ -26,7 +28,14 @@ import (
 // long polling. Every byte is delivered exactly once and in order, in both
 // directions, for as long as the server keeps the session. If the session
 // is lost (ErrSessionLost), the stream is broken: Read and Write fail from
-// then on, and never carry bytes into the new session.
+// then on, and never carry bytes into the new session. A byte stream has no
+// message boundaries, so a Write larger than the Handler takes in one
+// message (WithHandlerReadLimit) goes as several messages, each within it.
+// A text NetConn (MessageText) sends only valid UTF-8, since the Handler
+// ends the Conn for a text message that is not: each Write must hold whole
+// runes, or it fails with an error wrapping ErrInvalidUTF8 and sends
+// nothing, and a Write cut into messages is cut between runes. Use
+// MessageBinary for arbitrary bytes.
 //
 // In plain mode the stream lives as long as the first link it runs on:
 // bytes in flight when a link drops may be lost, so the stream cannot go on
@@ -171,15 +180,19 @@ func (nc *netConn) Write(p []byte) (int, error) {
 	if err := nc.pin(ctx); err != nil {
 		return 0, nc.writeErr(err)
 	}
-	err = nc.c.writeOn(ctx, nc.typ, p, nc.accept)
+	if nc.seq != nil && nc.typ == websocket.MessageText && !utf8.Valid(p) {
+		// The Handler would close the Conn for it (1007).
+		return 0, fmt.Errorf("tether: NetConn write: %w: in session mode a text NetConn takes whole runes in each Write", ErrInvalidUTF8)
+	}
+	n, err := nc.c.writeOn(ctx, nc.typ, p, nc.accept)
 	if err == nil {
-		return len(p), nil
+		return n, nil
 	}
 	if errors.Is(err, ErrInFlight) {
 		// The rest of the message goes out behind what is in the socket.
 		return len(p), &timeoutError{op: "write", err: ErrInFlight}
 	}
-	return 0, nc.writeErr(err)
+	return n, nc.writeErr(err)
 }
 
 // writeErr turns why a Write failed into its error, and keeps it when the
@@ -385,41 +398,76 @@ func (c *Conn) isFinal(err error) bool {
 	return final != nil && errors.Is(err, final)
 }
 
-// writeOn writes a message on a live link that accept takes, waiting for
-// one while the Conn reconnects, and never through the send queue: the
-// queue goes to the next link whatever it is, and a byte stream must not.
-func (c *Conn) writeOn(ctx context.Context, typ websocket.MessageType, p []byte, accept func(*liveLink) error) error {
+// writeOn writes p on a live link that accept takes, waiting for one while
+// the Conn reconnects, and never through the send queue: the queue goes to
+// the next link whatever it is, and a byte stream must not. On a plain link
+// p is one message. On a session link p is cut into messages no larger
+// than the server told it takes (see streamChunk), since a message over
+// that limit would end the Conn. It returns how much of p was sent, or
+// numbered in session mode.
+func (c *Conn) writeOn(ctx context.Context, typ websocket.MessageType, p []byte, accept func(*liveLink) error) (int, error) {
+	off := 0
 	for {
 		l := c.live.Load()
 		if l == nil {
 			if err := c.awaitLink(ctx); err != nil {
-				return err
+				return off, err
 			}
 			continue
 		}
 		if err := accept(l); err != nil {
-			return err
+			return off, err
 		}
-		err := l.write(ctx, typ, p)
+		chunk := p[off:]
+		if sl, ok := l.link.(*sessionLink); ok {
+			chunk = streamChunk(typ, chunk, sl.limits.messageLimit())
+		}
+		err := l.write(ctx, typ, chunk)
 		if err == nil {
 			c.stats.msgsOut.Add(1)
-			c.stats.bytesOut.Add(uint64(len(p)))
-			return nil
+			c.stats.bytesOut.Add(uint64(len(chunk)))
+			off += len(chunk)
+			if off == len(p) {
+				return off, nil
+			}
+			continue
 		}
-		if ctx.Err() != nil {
-			return err
+		if refused(err) || ctx.Err() != nil {
+			return off, err
 		}
 		l.fail(err)
 		if !l.session {
 			// Part of the message may have gone.
-			return fmt.Errorf("%w: %w", ErrLinkLost, err)
+			return off, fmt.Errorf("%w: %w", ErrLinkLost, err)
 		}
 		// In session mode a failed Write was not numbered: the next link
 		// takes it, once the supervisor has retired this one.
 		select {
 		case <-l.ctx.Done():
 		case <-ctx.Done():
-			return ctx.Err()
+			return off, ctx.Err()
 		}
 	}
+}
+
+// streamChunk returns the first part of p that goes as one message of a
+// byte stream to a peer that takes messages of limit bytes at most (-1:
+// any): p whole when it fits, else limit bytes, cut in text at the start of
+// a rune so that each message is valid UTF-8. A first rune longer than
+// limit is returned whole, for the link to refuse.
+func streamChunk(typ websocket.MessageType, p []byte, limit int64) []byte {
+	if limit < 0 || int64(len(p)) <= limit {
+		return p
+	}
+	n := int(limit)
+	if typ != websocket.MessageText {
+		return p[:n]
+	}
+	for i := n; i > 0 && i > n-utf8.UTFMax; i-- {
+		if utf8.RuneStart(p[i]) {
+			return p[:i]
+		}
+	}
+	_, size := utf8.DecodeRune(p)
+	return p[:size]
 }
