@@ -20,8 +20,10 @@ import (
 // Read reads the bytes of the messages that come,
 // one after another. It is for running another protocol (HTTP/2, gRPC, SSH,
 // your own) over a WebSocket. NetConn sets c's read limit to none (-1), and
-// the net.Conn owns c: its Close closes c with StatusNormalClosure. ctx
-// bounds the net.Conn's life: once it ends, Read and Write fail.
+// the net.Conn owns c: its Close closes c with StatusNormalClosure, and
+// Read and Write fail from then on with an error wrapping net.ErrClosed,
+// as a net.Conn's do. ctx bounds the net.Conn's life: once it ends, Read
+// and Write fail.
 //
 // In session mode (a server that uses tether's Handler) the stream survives
 // what c survives: dropped links, reconnects and moves between WebSocket and
@@ -62,7 +64,7 @@ import (
 func NetConn(ctx context.Context, c *Conn, typ websocket.MessageType) net.Conn {
 	c.SetReadLimit(-1)
 	nc := &netConn{c: c, typ: typ}
-	nc.ctx, nc.cancel = context.WithCancel(ctx)
+	nc.ctx, nc.cancel = context.WithCancelCause(ctx)
 	nc.rdl.init(nc.ctx)
 	nc.wdl.init(nc.ctx)
 	return nc
@@ -72,7 +74,7 @@ type netConn struct {
 	c      *Conn
 	typ    websocket.MessageType
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc // with net.ErrClosed, by Close
 
 	rdl, wdl deadline
 
@@ -97,6 +99,9 @@ func (nc *netConn) Read(p []byte) (int, error) {
 	nc.rmu.Lock()
 	defer nc.rmu.Unlock()
 	for {
+		if err := nc.closed("read"); err != nil {
+			return 0, err
+		}
 		if nc.rerr != nil {
 			return 0, nc.rerr
 		}
@@ -106,11 +111,11 @@ func (nc *netConn) Read(p []byte) (int, error) {
 		}
 		if nc.cur == nil {
 			if err := nc.pin(ctx); err != nil {
-				return 0, nc.readErr(err)
+				return 0, nc.readErr(ctx, err)
 			}
 			typ, r, err := nc.c.nextMessage(ctx, nc.link)
 			if err != nil {
-				return 0, nc.readErr(err)
+				return 0, nc.readErr(ctx, err)
 			}
 			if typ != nc.typ {
 				err := fmt.Errorf("tether: NetConn: read a %v message, want %v", typ, nc.typ)
@@ -136,10 +141,10 @@ func (nc *netConn) Read(p []byte) (int, error) {
 	}
 }
 
-// readErr turns why no message came into Read's error, and keeps it when
-// the stream can go no further.
-func (nc *netConn) readErr(err error) error {
-	if err2 := nc.deadlineErr(&nc.rdl, "read"); err2 != nil {
+// readErr turns why no message came, to a Read that waited with ctx, into
+// its error, and keeps it when the stream can go no further.
+func (nc *netConn) readErr(ctx context.Context, err error) error {
+	if err2 := nc.deadlineErr(ctx, &nc.rdl, "read"); err2 != nil {
 		return err2
 	}
 	switch {
@@ -170,6 +175,9 @@ func (nc *netConn) readErr(err error) error {
 func (nc *netConn) Write(p []byte) (int, error) {
 	nc.wmu.Lock()
 	defer nc.wmu.Unlock()
+	if err := nc.closed("write"); err != nil {
+		return 0, err
+	}
 	if nc.werr != nil {
 		return 0, nc.werr
 	}
@@ -178,7 +186,7 @@ func (nc *netConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	if err := nc.pin(ctx); err != nil {
-		return 0, nc.writeErr(err)
+		return 0, nc.writeErr(ctx, err)
 	}
 	if nc.seq != nil && nc.typ == websocket.MessageText && !utf8.Valid(p) {
 		// The Handler would close the Conn for it (1007).
@@ -192,13 +200,13 @@ func (nc *netConn) Write(p []byte) (int, error) {
 		// The rest of the message goes out behind what is in the socket.
 		return len(p), &timeoutError{op: "write", err: ErrInFlight}
 	}
-	return n, nc.writeErr(err)
+	return n, nc.writeErr(ctx, err)
 }
 
-// writeErr turns why a Write failed into its error, and keeps it when the
-// stream can go no further.
-func (nc *netConn) writeErr(err error) error {
-	if err2 := nc.deadlineErr(&nc.wdl, "write"); err2 != nil {
+// writeErr turns why a Write that waited with ctx failed into its error,
+// and keeps it when the stream can go no further.
+func (nc *netConn) writeErr(ctx context.Context, err error) error {
+	if err2 := nc.deadlineErr(ctx, &nc.wdl, "write"); err2 != nil {
 		return err2
 	}
 	if errors.Is(err, ErrLinkLost) || errors.Is(err, ErrSessionLost) || nc.c.isFinal(err) {
@@ -246,15 +254,29 @@ func (nc *netConn) pin(ctx context.Context) error {
 	return nil
 }
 
-// deadlineErr returns the deadline's error if it has passed or the
-// net.Conn's ctx has ended.
-func (nc *netConn) deadlineErr(d *deadline, op string) error {
+// deadlineErr returns the deadline's error if ctx, a call's, was ended by
+// its deadline, or the deadline has passed, or the net.Conn's ctx has
+// ended.
+func (nc *netConn) deadlineErr(ctx context.Context, d *deadline, op string) error {
+	if errors.Is(context.Cause(ctx), errDeadline) {
+		// Even if the deadline has been moved since.
+		return &timeoutError{op: op}
+	}
 	_, err := d.check(op)
 	return err
 }
 
+// closed returns an error wrapping net.ErrClosed once Close has been
+// called, as a net.Conn's calls do (HTTP/2 and gRPC look for it).
+func (nc *netConn) closed(op string) error {
+	if errors.Is(context.Cause(nc.ctx), net.ErrClosed) {
+		return fmt.Errorf("tether: NetConn %s: %w", op, net.ErrClosed)
+	}
+	return nil
+}
+
 func (nc *netConn) Close() error {
-	nc.cancel()
+	nc.cancel(net.ErrClosed)
 	nc.rdl.stop()
 	nc.wdl.stop()
 	return nc.c.Close(websocket.StatusNormalClosure, "")
@@ -291,14 +313,23 @@ type deadline struct {
 	mu      sync.Mutex
 	parent  context.Context
 	ctx     context.Context
-	cancel  context.CancelFunc
-	timer   *time.Timer
+	cancel  context.CancelCauseFunc // with errDeadline when the deadline passes
+	timer   stopper
 	expired bool // ctx was ended by the deadline
+
+	// afterFunc is time.AfterFunc, unless a test sets it.
+	afterFunc func(time.Duration, func()) stopper
 }
+
+// stopper is the part of *time.Timer that deadline uses.
+type stopper interface{ Stop() bool }
+
+// errDeadline is the cause of a call's ctx ended by its deadline.
+var errDeadline = errors.New("tether: NetConn: deadline exceeded")
 
 func (d *deadline) init(parent context.Context) {
 	d.parent = parent
-	d.ctx, d.cancel = context.WithCancel(parent)
+	d.ctx, d.cancel = context.WithCancelCause(parent)
 }
 
 // check returns the ctx for a call, or its error when the deadline has
@@ -310,8 +341,8 @@ func (d *deadline) check(op string) (context.Context, error) {
 	if expired {
 		return nil, &timeoutError{op: op}
 	}
-	if err := d.parent.Err(); err != nil {
-		return nil, fmt.Errorf("tether: NetConn %s: %w", op, err)
+	if d.parent.Err() != nil {
+		return nil, fmt.Errorf("tether: NetConn %s: %w", op, context.Cause(d.parent))
 	}
 	return ctx, nil
 }
@@ -319,12 +350,18 @@ func (d *deadline) check(op string) (context.Context, error) {
 func (d *deadline) set(t time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	fresh := d.expired || d.ctx.Err() != nil
 	if d.timer != nil {
-		d.timer.Stop()
+		if !d.timer.Stop() {
+			// The old deadline's callback has run, or waits for d.mu, and
+			// ends the ctx it was given: the calls under the new deadline
+			// need another.
+			fresh = true
+		}
 		d.timer = nil
 	}
-	if d.expired || d.ctx.Err() != nil {
-		d.ctx, d.cancel = context.WithCancel(d.parent)
+	if fresh {
+		d.ctx, d.cancel = context.WithCancelCause(d.parent)
 		d.expired = false
 	}
 	if t.IsZero() {
@@ -333,17 +370,21 @@ func (d *deadline) set(t time.Time) {
 	dur := time.Until(t)
 	if dur <= 0 {
 		d.expired = true
-		d.cancel()
+		d.cancel(errDeadline)
 		return
 	}
 	ctx, cancel := d.ctx, d.cancel
-	d.timer = time.AfterFunc(dur, func() {
+	after := d.afterFunc
+	if after == nil {
+		after = func(dur time.Duration, f func()) stopper { return time.AfterFunc(dur, f) }
+	}
+	d.timer = after(dur, func() {
 		d.mu.Lock()
 		if d.ctx == ctx {
 			d.expired = true
 		}
 		d.mu.Unlock()
-		cancel()
+		cancel(errDeadline)
 	})
 }
 
@@ -354,7 +395,7 @@ func (d *deadline) stop() {
 		d.timer.Stop()
 		d.timer = nil
 	}
-	d.cancel()
+	d.cancel(net.ErrClosed)
 }
 
 // timeoutError is a NetConn call cut short by its deadline.

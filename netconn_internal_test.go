@@ -3,6 +3,7 @@ package tether
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
@@ -45,4 +46,35 @@ func TestStreamChunk(t *testing.T) {
 	require.Equal(t, "ab", string(streamChunk(txt, []byte("abé"), 3)), "not in the middle of é")
 	require.Equal(t, "abé", string(streamChunk(txt, []byte("abéc"), 4)))
 	require.Equal(t, "€", string(streamChunk(txt, []byte("€€"), 2)), "a rune over the limit goes whole, to be refused")
+}
+
+// firedTimer is a deadline's timer that has fired: Stop is too late, and
+// its callback runs when the test says.
+type firedTimer struct{}
+
+func (firedTimer) Stop() bool { return false }
+
+// A deadline moved while the old one's callback waits for the lock (its
+// timer has fired, so Stop fails) holds: the late callback neither expires
+// the new deadline nor ends the ctx of the calls made under it.
+func TestDeadlineMovedWhileItFires(t *testing.T) {
+	t.Parallel()
+	for _, next := range []time.Time{{}, time.Now().Add(2 * time.Hour)} {
+		var fire []func()
+		d := &deadline{afterFunc: func(_ time.Duration, f func()) stopper {
+			fire = append(fire, f)
+			return firedTimer{}
+		}}
+		d.init(context.Background())
+		d.set(time.Now().Add(time.Hour))
+		old, err := d.check("read")
+		require.NoError(t, err)
+		d.set(next) // cleared or extended as the old deadline fires
+		fire[0]()   // the old callback gets the lock now
+		ctx, err := d.check("read")
+		require.NoError(t, err, "the new deadline (%v) has not passed", next)
+		require.NoError(t, ctx.Err(), "calls under the new deadline go on")
+		require.ErrorIs(t, context.Cause(old), errDeadline, "calls under the old one were cut by it")
+		d.stop()
+	}
 }

@@ -238,3 +238,44 @@ func TestNetConnSessionTextUTF8(t *testing.T) {
 	require.Zero(t, c.Stats().Reconnects)
 	require.NoError(t, nc.Close())
 }
+
+// After Close, Read and Write fail with an error wrapping net.ErrClosed, as
+// a net.Conn's do (HTTP/2 and gRPC look for it with errors.Is), and so does
+// a Read that was waiting when Close came.
+func TestNetConnClosedErrors(t *testing.T) {
+	t.Parallel()
+	for _, session := range []bool{false, true} {
+		var url string
+		if session {
+			url = newSessionServer(t, sessionEcho).URL()
+		} else {
+			url = newTestServer(t, nil).URL()
+		}
+		c := dial(t, url)
+		nc := tether.NetConn(ctxT(t, 20*time.Second), c, websocket.MessageBinary)
+		_, err := nc.Write([]byte("x"))
+		require.NoError(t, err)
+		require.Equal(t, []byte("x"), readFull(t, nc, 1))
+
+		require.NoError(t, nc.SetReadDeadline(time.Time{}))
+		waiting := make(chan error, 1)
+		go func() {
+			_, err := nc.Read(make([]byte, 10))
+			waiting <- err
+		}()
+		// Whether the Read is waiting yet or not when Close comes, it must
+		// fail the same way.
+		require.NoError(t, nc.Close())
+		select {
+		case err := <-waiting:
+			require.ErrorIs(t, err, net.ErrClosed, "session %v: the waiting Read", session)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the waiting Read did not return after Close")
+		}
+		_, err = nc.Read(make([]byte, 10))
+		require.ErrorIs(t, err, net.ErrClosed, "session %v: Read", session)
+		_, err = nc.Write([]byte("y"))
+		require.ErrorIs(t, err, net.ErrClosed, "session %v: Write", session)
+		require.ErrorIs(t, nc.Close(), net.ErrClosed, "session %v: a second Close", session)
+	}
+}
