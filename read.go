@@ -662,7 +662,19 @@ func (r *reader) stalled() bool {
 	if r.held != nil || (r.openLink != nil && r.sr.state.Load() == streamIdle) {
 		return true
 	}
+	if rl := r.takenRelay(); rl != nil && rl.stalled() {
+		return true
+	}
 	return len(r.pending) > 0 && !r.bg && !r.direct && (r.link == nil || !r.readsAhead(r.link))
+}
+
+// takenRelay returns the relay of the last message a Reader took that way,
+// if any; r.mu is held.
+func (r *reader) takenRelay() *relay {
+	if r.sr == nil {
+		return nil
+	}
+	return r.sr.relay
 }
 
 // setLink makes l the link to read and makes sure someone reads it. It
@@ -723,6 +735,12 @@ func (r *reader) closeRead() {
 	}
 	r.discard = true
 	r.discarding.Store(true)
+	if rl := r.takenRelay(); rl != nil {
+		// Its background reader may wait for a Reader that reads no more.
+		rl.mu.Lock()
+		rl.wakeRoom()
+		rl.mu.Unlock()
+	}
 	if r.waiting {
 		r.waiting = false
 		r.handoff <- message{err: errReadClosed}
