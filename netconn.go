@@ -55,7 +55,10 @@ import (
 // byte of a new message is taken, and a message that has begun to arrive is
 // read to its end first; a Write that has not begun to send sends nothing,
 // while one caught in the middle of sending finishes in the background (its
-// error then wraps ErrInFlight too, and reports all of p written).
+// error then wraps ErrInFlight too, and reports all of p written). In
+// session mode a Write cut into several messages whose deadline passes
+// between two of them reports the bytes of those already numbered, which
+// are delivered, and sends nothing of the rest.
 //
 // A Read with a message of another type closes c with
 // StatusUnsupportedData and fails, as coder/websocket's does. LocalAddr and

@@ -279,3 +279,36 @@ func TestNetConnClosedErrors(t *testing.T) {
 		require.ErrorIs(t, nc.Close(), net.ErrClosed, "session %v: a second Close", session)
 	}
 }
+
+// In session mode a Write cut into several messages whose deadline passes
+// between two of them, while the server does not read, reports the bytes
+// of the messages numbered (they will be delivered) with a timeout, and
+// sends none of the rest.
+func TestNetConnSessionWriteDeadlineBetweenChunks(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
+		select { // reads nothing, so acknowledges nothing, until released
+		case <-release:
+		case <-ctx.Done():
+			return
+		}
+		sessionEcho(ctx, s)
+	}, tether.WithReplayBuffer(64<<10))
+	c := dial(t, ss.URL())
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	nc := tether.NetConn(ctxT(t, 20*time.Second), c, websocket.MessageBinary)
+
+	src := bytes.Repeat([]byte("0123456789abcdef"), (100<<10)/16)
+	require.NoError(t, nc.SetWriteDeadline(time.Now().Add(200*time.Millisecond)))
+	n, err := nc.Write(src)
+	requireTimeout(t, err)
+	require.Equal(t, 32<<10, n, "one message of the server's limit fits the window, the next waits")
+
+	close(release)
+	require.Equal(t, src[:n], readFull(t, nc, n), "the numbered part comes, and nothing more")
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	_, err = nc.Read(make([]byte, 10))
+	requireTimeout(t, err)
+	require.NoError(t, nc.Close())
+}
