@@ -53,6 +53,7 @@ func (r *reader) readBody(l *liveLink, typ websocket.MessageType, body io.Reader
 		rl.mu.Unlock()
 		var n int
 		if !taken {
+			r.awaitTake(rl, len(buf))
 			if len(buf) == cap(buf) {
 				buf = append(buf, 0)[:len(buf)]
 			}
@@ -139,6 +140,38 @@ func (r *reader) awaitRelayRoom(rl *relay) {
 	}
 }
 
+// awaitTake waits, while nobody has taken rl and n bytes of it, more than
+// its link reads ahead (see readsAhead), are read, until a Reader takes it,
+// a Read waits for a whole message, CloseRead is called, or the link fails
+// or is retired. Without it a message read ahead would be bounded only by
+// the read limit, which a NetConn sets to none.
+func (r *reader) awaitTake(rl *relay, n int) {
+	if n <= rl.l.readAhead.bytes {
+		return
+	}
+	r.mu.Lock()
+	rl.mu.Lock()
+	for !rl.taken && !(r.waiting && !r.waitStream) && !r.discard && !rl.l.failed() && rl.l.ctx.Err() == nil {
+		if rl.room == nil {
+			rl.room = make(chan struct{})
+		}
+		room := rl.room
+		rl.full = true
+		rl.mu.Unlock()
+		r.mu.Unlock()
+		select {
+		case <-room:
+		case <-rl.l.dead:
+		case <-rl.l.ctx.Done():
+		}
+		r.mu.Lock()
+		rl.mu.Lock()
+		rl.full = false
+	}
+	rl.mu.Unlock()
+	r.mu.Unlock()
+}
+
 // wakeRoom wakes the background reader waiting for room; rl.mu is held.
 func (rl *relay) wakeRoom() {
 	if rl.room != nil {
@@ -160,6 +193,7 @@ func (rl *relay) take() {
 	rl.taken = true
 	rl.p, rl.buf = rl.buf, nil
 	rl.more = make(chan struct{})
+	rl.wakeRoom()
 	rl.mu.Unlock()
 }
 

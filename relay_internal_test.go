@@ -134,3 +134,55 @@ func testRelayBounded(t *testing.T, closeRead bool) {
 	}
 	require.Zero(t, c.Stats().Reconnects)
 }
+
+// A message begun while nobody reads is read ahead only as far as the link
+// reads ahead (plainReadAhead), even with no read limit, as a NetConn sets
+// it: then TCP pushes the sender back until a Read comes. A Read of the
+// whole message gets it, every byte in order.
+func TestReadAheadOfOneMessageBounded(t *testing.T) {
+	t.Parallel()
+	const total = 16 << 20
+	want := make([]byte, total)
+	for i := range want {
+		want[i] = byte(i % 251)
+	}
+	url := talker(t, func(ctx context.Context, c *websocket.Conn) error {
+		w, err := c.Writer(ctx, websocket.MessageBinary)
+		if err != nil {
+			return err
+		}
+		for off := 0; off < total; off += 64 << 10 {
+			if _, err := w.Write(want[off:min(off+64<<10, total)]); err != nil {
+				return err
+			}
+		}
+		return w.Close()
+	})
+	c, err := Dial(context.Background(), url, WithReadLimit(-1))
+	require.NoError(t, err)
+	defer c.CloseNow()
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, n, full := c.rd.relayBuffered()
+		require.LessOrEqual(t, n, plainReadAhead+relayMax, "read ahead of the application")
+		if full {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the background reader never waited for a Read")
+		time.Sleep(time.Millisecond)
+	}
+	require.True(t, c.rd.stalled(), "the heartbeat does not judge a link held behind the application")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, got, err := c.Read(ctx)
+	require.NoError(t, err)
+	require.Equal(t, total, len(got))
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("byte %d differs: every byte, in order", i)
+		}
+	}
+	require.Zero(t, c.Stats().Reconnects)
+}
