@@ -91,8 +91,13 @@ func (l *sessionLink) Read(ctx context.Context) (websocket.MessageType, []byte, 
 
 // Write numbers the message, keeps it for replay and sends it. A transport
 // error fails the link but not the Write: the message is replayed on the
-// next link.
+// next link. A message the server told this link it would refuse is never
+// numbered, whatever path it came by: it fails with a *refusedError, and the
+// link is unharmed.
 func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	if err := checkNumbered(typ, p, l.limits.messageLimit(), "server"); err != nil {
+		return &refusedError{err: err}
+	}
 	s := l.s
 	for {
 		s.seq.wmu.Lock()
@@ -130,6 +135,20 @@ func (l *sessionLink) Write(ctx context.Context, typ websocket.MessageType, p []
 			return fmt.Errorf("tether: waiting for acknowledgements: %w", err)
 		}
 	}
+}
+
+// refusedError is a message a session link would not number (see
+// checkNumbered): the link is sound and the message must not be retried on
+// another.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+// refused reports whether err is a session link's refusal of a message.
+func refused(err error) bool {
+	var r *refusedError
+	return errors.As(err, &r)
 }
 
 // errLinkRetired is what a Write gets from a link taken out of use.

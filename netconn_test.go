@@ -1,6 +1,7 @@
 package tether_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -167,4 +168,147 @@ func TestNetConnPlainEndsWithItsLink(t *testing.T) {
 	require.Equal(t, "again", string(got), "the Conn goes on over the next link")
 	// Counted once the link is up, which the echo may beat.
 	eventually(t, 10*time.Second, func() bool { return c.Stats().Reconnects >= 1 }, "a reconnect")
+}
+
+// readFull reads exactly n bytes from nc, each Read bounded by a deadline.
+func readFull(t *testing.T, nc net.Conn, n int) []byte {
+	t.Helper()
+	got := make([]byte, 0, n)
+	buf := make([]byte, 4096)
+	for i := 0; len(got) < n; i++ {
+		require.Less(t, i, n+1, "every Read returns bytes")
+		require.NoError(t, nc.SetReadDeadline(time.Now().Add(10*time.Second)))
+		k, err := nc.Read(buf)
+		require.NoError(t, err, "after %d bytes", len(got))
+		got = append(got, buf[:k]...)
+	}
+	return got
+}
+
+// In session mode a NetConn Write larger than the Handler's read limit
+// (32 KiB by default) goes as several messages, each within the limit:
+// sent whole, as one message, it would be refused with 1009 and end the
+// Conn for good.
+func TestNetConnSessionWriteOverServerLimit(t *testing.T) {
+	t.Parallel()
+	ss := newSessionServer(t, sessionEcho)
+	c := dial(t, ss.URL())
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	nc := tether.NetConn(ctxT(t, 20*time.Second), c, websocket.MessageBinary)
+
+	src := make([]byte, 100<<10)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range src {
+		src[i] = byte(rng.Uint32())
+	}
+	require.NoError(t, nc.SetWriteDeadline(time.Now().Add(10*time.Second)))
+	n, err := nc.Write(src)
+	require.NoError(t, err)
+	require.Equal(t, len(src), n)
+	require.Equal(t, src, readFull(t, nc, len(src)), "every byte once, in order")
+	require.Equal(t, tether.Connected, c.State())
+	require.Zero(t, c.Stats().Reconnects, "no link was refused")
+	require.GreaterOrEqual(t, c.Stats().MessagesSent, uint64(4), "100 KiB in messages of 32 KiB at most")
+	require.NoError(t, nc.Close())
+}
+
+// In session mode a text NetConn sends only valid UTF-8: a Write that is not
+// fails with ErrInvalidUTF8 and sends nothing (the Handler would end the
+// Conn with 1007), and a Write over the server's limit is cut between runes.
+func TestNetConnSessionTextUTF8(t *testing.T) {
+	t.Parallel()
+	ss := newSessionServer(t, sessionEcho)
+	c := dial(t, ss.URL())
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	nc := tether.NetConn(ctxT(t, 20*time.Second), c, websocket.MessageText)
+
+	require.NoError(t, nc.SetWriteDeadline(time.Now().Add(10*time.Second)))
+	n, err := nc.Write([]byte{'a', 0xff, 'b'})
+	require.ErrorIs(t, err, tether.ErrInvalidUTF8)
+	require.Zero(t, n)
+
+	// One ASCII byte, then two-byte runes: byte 32768, where a cut at the
+	// limit would fall, is in the middle of a rune.
+	src := append([]byte("x"), bytes.Repeat([]byte("é"), 40<<10)...)
+	n, err = nc.Write(src)
+	require.NoError(t, err, "the stream goes on after a refused Write")
+	require.Equal(t, len(src), n)
+	require.Equal(t, src, readFull(t, nc, len(src)), "only the valid Write's bytes, whole")
+	require.Equal(t, tether.Connected, c.State())
+	require.Zero(t, c.Stats().Reconnects)
+	require.NoError(t, nc.Close())
+}
+
+// After Close, Read and Write fail with an error wrapping net.ErrClosed, as
+// a net.Conn's do (HTTP/2 and gRPC look for it with errors.Is), and so does
+// a Read that was waiting when Close came.
+func TestNetConnClosedErrors(t *testing.T) {
+	t.Parallel()
+	for _, session := range []bool{false, true} {
+		var url string
+		if session {
+			url = newSessionServer(t, sessionEcho).URL()
+		} else {
+			url = newTestServer(t, nil).URL()
+		}
+		c := dial(t, url)
+		nc := tether.NetConn(ctxT(t, 20*time.Second), c, websocket.MessageBinary)
+		_, err := nc.Write([]byte("x"))
+		require.NoError(t, err)
+		require.Equal(t, []byte("x"), readFull(t, nc, 1))
+
+		require.NoError(t, nc.SetReadDeadline(time.Time{}))
+		waiting := make(chan error, 1)
+		go func() {
+			_, err := nc.Read(make([]byte, 10))
+			waiting <- err
+		}()
+		// Whether the Read is waiting yet or not when Close comes, it must
+		// fail the same way.
+		require.NoError(t, nc.Close())
+		select {
+		case err := <-waiting:
+			require.ErrorIs(t, err, net.ErrClosed, "session %v: the waiting Read", session)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the waiting Read did not return after Close")
+		}
+		_, err = nc.Read(make([]byte, 10))
+		require.ErrorIs(t, err, net.ErrClosed, "session %v: Read", session)
+		_, err = nc.Write([]byte("y"))
+		require.ErrorIs(t, err, net.ErrClosed, "session %v: Write", session)
+		require.ErrorIs(t, nc.Close(), net.ErrClosed, "session %v: a second Close", session)
+	}
+}
+
+// In session mode a Write cut into several messages whose deadline passes
+// between two of them, while the server does not read, reports the bytes
+// of the messages numbered (they will be delivered) with a timeout, and
+// sends none of the rest.
+func TestNetConnSessionWriteDeadlineBetweenChunks(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
+		select { // reads nothing, so acknowledges nothing, until released
+		case <-release:
+		case <-ctx.Done():
+			return
+		}
+		sessionEcho(ctx, s)
+	}, tether.WithReplayBuffer(64<<10))
+	c := dial(t, ss.URL())
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	nc := tether.NetConn(ctxT(t, 20*time.Second), c, websocket.MessageBinary)
+
+	src := bytes.Repeat([]byte("0123456789abcdef"), (100<<10)/16)
+	require.NoError(t, nc.SetWriteDeadline(time.Now().Add(200*time.Millisecond)))
+	n, err := nc.Write(src)
+	requireTimeout(t, err)
+	require.Equal(t, 32<<10, n, "one message of the server's limit fits the window, the next waits")
+
+	close(release)
+	require.Equal(t, src[:n], readFull(t, nc, n), "the numbered part comes, and nothing more")
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	_, err = nc.Read(make([]byte, 10))
+	requireTimeout(t, err)
+	require.NoError(t, nc.Close())
 }

@@ -134,9 +134,10 @@ const (
 
 // A plain link is read ahead of an application that does not keep up, so
 // that pings, pongs and close frames keep flowing, up to 1 MiB or 1024
-// messages (one message more when it is large). Past that the sender is
-// pushed back through TCP, and control frames are read only as far as the
-// next data message (see hold).
+// messages (one message more when it is large, itself read ahead no
+// further than 1 MiB: see awaitTake). Past that the sender is pushed back
+// through TCP, and control frames are read only as far as the next data
+// message (see hold).
 const (
 	plainReadAhead     = 1 << 20
 	plainReadAheadMsgs = 1024
@@ -360,6 +361,12 @@ func readLink(l *liveLink, stream bool) (message, error) {
 // next message. ok is false when the link failed instead.
 func (r *reader) await(ctx context.Context, thenDirect, stream bool) (message, bool) {
 	r.waiting, r.waitDirect, r.waitStream = true, thenDirect, stream
+	if rl := r.ahead; rl != nil && !stream {
+		// A message read ahead may wait for a Reader (see awaitTake).
+		rl.mu.Lock()
+		rl.wakeRoom()
+		rl.mu.Unlock()
+	}
 	r.mu.Unlock()
 	var m message
 	select {
@@ -662,7 +669,22 @@ func (r *reader) stalled() bool {
 	if r.held != nil || (r.openLink != nil && r.sr.state.Load() == streamIdle) {
 		return true
 	}
+	if rl := r.takenRelay(); rl != nil && rl.stalled() {
+		return true
+	}
+	if r.ahead != nil && r.ahead.stalled() {
+		return true
+	}
 	return len(r.pending) > 0 && !r.bg && !r.direct && (r.link == nil || !r.readsAhead(r.link))
+}
+
+// takenRelay returns the relay of the last message a Reader took that way,
+// if any; r.mu is held.
+func (r *reader) takenRelay() *relay {
+	if r.sr == nil {
+		return nil
+	}
+	return r.sr.relay
 }
 
 // setLink makes l the link to read and makes sure someone reads it. It
@@ -723,6 +745,15 @@ func (r *reader) closeRead() {
 	}
 	r.discard = true
 	r.discarding.Store(true)
+	for _, rl := range []*relay{r.ahead, r.takenRelay()} {
+		if rl != nil {
+			// Its background reader may wait for a Reader that reads
+			// no more, or for one that never comes.
+			rl.mu.Lock()
+			rl.wakeRoom()
+			rl.mu.Unlock()
+		}
+	}
 	if r.waiting {
 		r.waiting = false
 		r.handoff <- message{err: errReadClosed}

@@ -55,17 +55,22 @@ func (c *Conn) write(ctx context.Context, typ websocket.MessageType, p []byte) e
 		default:
 		}
 	}
-	if pl := c.server.Load(); pl != nil {
+	l := c.live.Load()
+	if pl := c.server.Load(); pl != nil && (l == nil || !l.session) {
+		// A session link checks for itself, against what its server told.
 		if err := checkNumbered(typ, p, pl.messageLimit(), "server"); err != nil {
 			return err
 		}
 	}
-	if l := c.live.Load(); l != nil {
+	if l != nil {
 		err := l.write(ctx, typ, p)
 		if err == nil {
 			c.stats.msgsOut.Add(1)
 			c.stats.bytesOut.Add(uint64(len(p)))
 			return nil
+		}
+		if refused(err) {
+			return err
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("tether: write: %w", err)
@@ -82,6 +87,9 @@ func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byt
 	// Writes made inside the OnConnect hook go straight to the new link.
 	if l, ok := ctx.Value(onConnectKey{}).(*liveLink); ok && !l.failed() {
 		if err := l.write(ctx, typ, p); err != nil {
+			if refused(err) {
+				return err
+			}
 			l.fail(err)
 			return fmt.Errorf("tether: write during OnConnect: %w", err)
 		}
@@ -99,6 +107,9 @@ func (c *Conn) writeSlow(ctx context.Context, typ websocket.MessageType, p []byt
 		if l := c.live.Load(); l != nil {
 			c.mu.Unlock()
 			if err := l.write(ctx, typ, p); err != nil {
+				if refused(err) {
+					return err
+				}
 				if ctx.Err() != nil {
 					return fmt.Errorf("tether: write: %w", err)
 				}
@@ -232,8 +243,10 @@ func (c *Conn) flush(l *liveLink) error {
 			return nil
 		}
 		c.mu.Unlock()
-		if sl, ok := l.link.(*sessionLink); ok {
-			if err := checkNumbered(m.typ, m.p, sl.limits.messageLimit(), "server"); err != nil {
+		// l.ctx ends when the link is retired or the Conn closed: a session
+		// link may wait here for acknowledgements.
+		if err := l.write(l.ctx, m.typ, m.p); err != nil {
+			if refused(err) {
 				// Queued before this server told a smaller limit: sent, it
 				// would be refused on every link.
 				c.mu.Lock()
@@ -242,10 +255,6 @@ func (c *Conn) flush(l *liveLink) error {
 				c.logf(slog.LevelWarn, "queued message dropped: the server would refuse it", l.transport, 0, slog.Any("err", err))
 				continue
 			}
-		}
-		// l.ctx ends when the link is retired or the Conn closed: a session
-		// link may wait here for acknowledgements.
-		if err := l.write(l.ctx, m.typ, m.p); err != nil {
 			c.mu.Lock()
 			c.queue.unpop(m)
 			c.mu.Unlock()

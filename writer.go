@@ -24,7 +24,18 @@ import (
 // dropped link cuts is sent again whole, never in part. ctx bounds Writer's
 // wait and the send at Close. Unlike coder/websocket's Writer, which sends
 // every Write as a frame at once, the peer sees nothing of the message
-// before Close, and its size is held in memory until then.
+// before Close, and the whole message is held in memory until then.
+//
+// In session mode a message over the read limit the server told (see
+// Write) could never be sent: the Write that takes it past that limit
+// fails with an error wrapping ErrMessageTooLarge and the message is
+// dropped at once; every later Write fails, and Close returns that error
+// and sends nothing. In plain mode no limit is known, and the message grows
+// as long as Write is called: bound it yourself.
+//
+// The io.WriteCloser is reused by the next Writer, as coder/websocket's is,
+// so keep none; and, as with coder/websocket's, use it from one goroutine
+// at a time.
 func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteCloser, error) {
 	if err := c.lockWriter(ctx); err != nil {
 		return nil, fmt.Errorf("tether: writer: %w", err)
@@ -34,7 +45,7 @@ func (c *Conn) Writer(ctx context.Context, typ websocket.MessageType) (io.WriteC
 		w = &msgWriter{c: c}
 		c.mw = w
 	}
-	w.ctx, w.typ, w.closed = ctx, typ, false
+	w.ctx, w.typ, w.closed, w.err = ctx, typ, false, nil
 	w.buf = writerBufs.Get().(*[]byte)
 	return w, nil
 }
@@ -49,6 +60,7 @@ type msgWriter struct {
 	typ    websocket.MessageType
 	buf    *[]byte
 	closed bool
+	err    error // sticky: the message was dropped
 }
 
 // writerBufKeep is the largest buffer given back to the pool.
@@ -58,10 +70,22 @@ var writerBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 var errWriterClosed = errors.New("tether: writer: already closed")
 
-// Write adds p to the message; it fails only after Close.
+// Write adds p to the message. It fails after Close, and in session mode
+// once the message is over the server's read limit.
 func (w *msgWriter) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, errWriterClosed
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if pl := w.c.server.Load(); pl != nil {
+		if limit := pl.messageLimit(); limit >= 0 && int64(len(*w.buf))+int64(len(p)) > limit {
+			w.err = fmt.Errorf("tether: writer: a message of %d bytes or more is over the server's read limit of %d bytes: %w",
+				len(*w.buf)+len(p), limit, ErrMessageTooLarge)
+			w.release()
+			return 0, w.err
+		}
 	}
 	*w.buf = append(*w.buf, p...)
 	return len(p), nil
@@ -73,16 +97,25 @@ func (w *msgWriter) Close() error {
 		return errWriterClosed
 	}
 	w.closed = true
-	bp, ctx := w.buf, w.ctx
-	w.buf, w.ctx = nil, nil
-	err := w.c.write(ctx, w.typ, *bp)
-	// Every path that keeps a message copies it: the buffer is free.
-	if cap(*bp) <= writerBufKeep {
+	err := w.err
+	if err == nil {
+		err = w.c.write(w.ctx, w.typ, *w.buf)
+		// Every path that keeps a message copies it: the buffer is free.
+		w.release()
+	}
+	w.ctx = nil
+	w.c.unlockWriter()
+	return err
+}
+
+// release gives the message's buffer back.
+func (w *msgWriter) release() {
+	bp := w.buf
+	w.buf = nil
+	if bp != nil && cap(*bp) <= writerBufKeep {
 		*bp = (*bp)[:0]
 		writerBufs.Put(bp)
 	}
-	w.c.unlockWriter()
-	return err
 }
 
 // lockWriter waits, with ctx, until no other Writer is open, and opens one.

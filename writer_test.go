@@ -109,3 +109,44 @@ func TestWriterQueuedWhileReconnecting(t *testing.T) {
 	require.EqualValues(t, 2, links.Load())
 	require.Zero(t, c.Stats().QueueDepth)
 }
+
+// Session mode: a Writer's message fails at the Write that takes it past the
+// server's read limit (32 KiB by default), not at Close, so that it is not
+// held in memory any longer; Close then sends nothing, and the Conn goes on.
+func TestWriterSessionOverServerLimit(t *testing.T) {
+	t.Parallel()
+	got := make(chan []byte, 10)
+	ss := newSessionServer(t, func(ctx context.Context, s *tether.Session) {
+		for {
+			_, p, err := s.Read(ctx)
+			if err != nil {
+				return
+			}
+			got <- p
+		}
+	})
+	c := dial(t, ss.URL())
+	require.Equal(t, tether.Subprotocol, c.Subprotocol())
+	ctx := ctxT(t, 20*time.Second)
+
+	w, err := c.Writer(ctx, websocket.MessageBinary)
+	require.NoError(t, err)
+	n, err := w.Write(make([]byte, 32<<10))
+	require.NoError(t, err, "at the limit")
+	require.Equal(t, 32<<10, n)
+	n, err = w.Write([]byte{1})
+	require.ErrorIs(t, err, tether.ErrMessageTooLarge, "the byte past the limit")
+	require.Zero(t, n)
+	_, err = w.Write([]byte{2})
+	require.ErrorIs(t, err, tether.ErrMessageTooLarge, "the message stays dropped")
+	require.ErrorIs(t, w.Close(), tether.ErrMessageTooLarge)
+
+	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte("after")))
+	select {
+	case m := <-got:
+		require.Equal(t, "after", string(m), "the dropped message was never sent")
+	case <-ctx.Done():
+		t.Fatal("the next message did not come")
+	}
+	require.Equal(t, tether.Connected, c.State())
+}
