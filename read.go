@@ -497,14 +497,7 @@ func (r *reader) backgroundRead(l *liveLink) {
 		}
 		r.mu.Lock()
 		if err != nil {
-			r.bg = false
-			r.clearLinkLocked(l)
-			if r.waiting {
-				r.waiting = false
-				r.handoff <- message{err: err}
-			}
-			r.mu.Unlock()
-			l.fail(err)
+			r.stopOnFailedLocked(l, err)
 			return
 		}
 		l.touch()
@@ -576,14 +569,7 @@ func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
 	typ, rd, err := ws.Reader(context.Background())
 	r.mu.Lock()
 	if err != nil {
-		r.bg = false
-		r.clearLinkLocked(l)
-		if r.waiting {
-			r.waiting = false
-			r.handoff <- message{err: err}
-		}
-		r.mu.Unlock()
-		l.fail(err)
+		r.stopOnFailedLocked(l, err)
 		return false
 	}
 	l.touch()
@@ -607,14 +593,7 @@ func (r *reader) hold(l *liveLink, ws *websocket.Conn) bool {
 	}
 	r.mu.Lock()
 	if err != nil {
-		r.bg = false
-		r.clearLinkLocked(l)
-		if r.waiting {
-			r.waiting = false
-			r.handoff <- message{err: err}
-		}
-		r.mu.Unlock()
-		l.fail(err)
+		r.stopOnFailedLocked(l, err)
 		return false
 	}
 	m := message{typ: typ, p: p, from: l}
@@ -706,6 +685,20 @@ func (r *reader) setLink(l *liveLink) bool {
 		r.startBackground(l)
 	}
 	return true
+}
+
+// stopOnFailedLocked ends the background reader on l, whose read failed
+// with err: Reads stop using l, a waiting Read gets err, and l fails. r.mu
+// is held on entry and released.
+func (r *reader) stopOnFailedLocked(l *liveLink, err error) {
+	r.bg = false
+	r.clearLinkLocked(l)
+	if r.waiting {
+		r.waiting = false
+		r.handoff <- message{err: err}
+	}
+	r.mu.Unlock()
+	l.fail(err)
 }
 
 // clearLink stops Reads from using l.

@@ -78,13 +78,7 @@ func (h *Handler) routeResume(w http.ResponseWriter, r *http.Request, rr resumeR
 	marked := r.Header.Get(headerForwarded) != ""
 	o, err := cl.lookup(r, rr.id)
 	if err != nil {
-		if url, ok := cl.routes.stale(rr.id, time.Now()); ok && !marked {
-			// The directory is out of reach: the owner it last named is
-			// the best guess, and a wrong one answers "try again".
-			cl.fwd.forward(w, r, rr.id, url)
-			return true
-		}
-		h.refuseRetry(w, r, "tether: session directory unavailable", true)
+		h.lookupFailed(w, r, rr.id, marked, time.Now())
 		return true
 	}
 	switch o.Status {
@@ -110,6 +104,18 @@ func (h *Handler) routeResume(w http.ResponseWriter, r *http.Request, rr resumeR
 		return true
 	}
 	return false // dead or unknown: lost
+}
+
+// lookupFailed answers a request whose directory lookup failed: the owner
+// the directory last named is the best guess, and a wrong one answers "try
+// again"; without one, or for a request already forwarded, the client is
+// told to try again.
+func (h *Handler) lookupFailed(w http.ResponseWriter, r *http.Request, id [16]byte, marked bool, now time.Time) {
+	if url, ok := h.cl.routes.stale(id, now); ok && !marked {
+		h.cl.fwd.forward(w, r, id, url)
+		return
+	}
+	h.refuseRetry(w, r, "tether: session directory unavailable", true)
 }
 
 // takeOver takes a parked session and makes it this instance's, so that
@@ -198,11 +204,7 @@ func (h *Handler) routePoll(w http.ResponseWriter, r *http.Request, req pollRequ
 	}
 	o, err := cl.lookup(r, req.id)
 	if err != nil {
-		if url, ok := cl.routes.stale(req.id, now); ok && !marked {
-			cl.fwd.forward(w, r, req.id, url)
-			return true
-		}
-		h.refuseRetry(w, r, "tether: session directory unavailable", true)
+		h.lookupFailed(w, r, req.id, marked, now)
 		return true
 	}
 	switch o.Status {
